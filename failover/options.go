@@ -1,0 +1,182 @@
+package failover
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults. With them a recovered primary is chosen again at most
+// DefaultRise×DefaultInterval + DefaultTimeout (1.4 s) after it starts
+// answering, inside the 2 s goal of the incident that motivated this package,
+// and a dead current target is left within
+// DefaultFall×DefaultInterval + DefaultTimeout (1.9 s).
+const (
+	DefaultInterval   = 500 * time.Millisecond
+	DefaultTimeout    = 400 * time.Millisecond
+	DefaultRise       = 2
+	DefaultFall       = 3
+	DefaultMinDwell   = 0
+	DefaultMaxBackoff = 4 * time.Second
+	DefaultHeadQuorum = 2
+	// DefaultSubscriberBuffer is the number of undelivered changes a
+	// subscriber may have pending before the newest ones are coalesced.
+	DefaultSubscriberBuffer = 64
+)
+
+type config struct {
+	interval   time.Duration
+	timeout    time.Duration
+	rise       int
+	fall       int
+	minDwell   time.Duration
+	maxBackoff time.Duration
+	maxLag     uint64
+	headQuorum int
+	subBuffer  int
+	err        error
+}
+
+func defaultConfig() config {
+	return config{
+		interval:   DefaultInterval,
+		timeout:    DefaultTimeout,
+		rise:       DefaultRise,
+		fall:       DefaultFall,
+		minDwell:   DefaultMinDwell,
+		maxBackoff: DefaultMaxBackoff,
+		headQuorum: DefaultHeadQuorum,
+		subBuffer:  DefaultSubscriberBuffer,
+	}
+}
+
+func (c *config) fail(format string, args ...any) {
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...)
+	}
+}
+
+// An Option configures a Group. Options are applied in order by New.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithInterval sets the time between the starts of two check rounds while at
+// least one target is healthy (default DefaultInterval). It must be positive.
+func WithInterval(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d <= 0 {
+			c.fail("interval %v must be positive", d)
+			return
+		}
+		c.interval = d
+	})
+}
+
+// WithTimeout bounds each check call (default DefaultTimeout). It must be
+// positive and no longer than the interval: a round of checks always ends
+// within the timeout, so the next round is never late.
+func WithTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d <= 0 {
+			c.fail("timeout %v must be positive", d)
+			return
+		}
+		c.timeout = d
+	})
+}
+
+// WithRise sets how many consecutive successful checks an unhealthy target
+// needs to become healthy again (default DefaultRise, at least 1).
+func WithRise(n int) Option {
+	return optionFunc(func(c *config) {
+		if n < 1 {
+			c.fail("rise %d must be at least 1", n)
+			return
+		}
+		c.rise = n
+	})
+}
+
+// WithFall sets how many consecutive failures (failed checks, timeouts,
+// lagging heads and ReportFailure calls) a healthy target needs to become
+// unhealthy (default DefaultFall, at least 1).
+func WithFall(n int) Option {
+	return optionFunc(func(c *config) {
+		if n < 1 {
+			c.fail("fall %d must be at least 1", n)
+			return
+		}
+		c.fall = n
+	})
+}
+
+// WithMinDwell sets the minimum time the selection stays on a target before
+// it moves to a better (higher-priority) one. It bounds switch storms from a
+// flapping primary. It never delays leaving an unhealthy target, and manual
+// actions (Drain, Undrain, Force, Unforce) ignore it. Default 0 (no dwell).
+// It must not be negative.
+func WithMinDwell(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d < 0 {
+			c.fail("min dwell %v must not be negative", d)
+			return
+		}
+		c.minDwell = d
+	})
+}
+
+// WithMaxBackoff caps the growing pause between check rounds while no target
+// is healthy (default DefaultMaxBackoff). The pause starts at the interval
+// and doubles each round up to this cap; it returns to the interval as soon
+// as any target is healthy. A value below the interval disables backoff.
+func WithMaxBackoff(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d < 0 {
+			c.fail("max backoff %v must not be negative", d)
+			return
+		}
+		c.maxBackoff = d
+	})
+}
+
+// WithMaxLag turns on lag checking: a successful check whose Health.Head is
+// more than n below the round's reference head counts as a failure (with an
+// error wrapping ErrLagging). See Group for how the reference head is chosen.
+// n = 0 (the default) disables lag checking.
+func WithMaxLag(n uint64) Option {
+	return optionFunc(func(c *config) { c.maxLag = n })
+}
+
+// WithHeadQuorum sets how many targets must agree (report heads within the
+// maximum lag of each other) before a head can become the reference head
+// (default DefaultHeadQuorum, at least 1). With 1, the highest head reported
+// is always the reference, and a single target reporting an absurd head makes
+// every other target lag.
+func WithHeadQuorum(q int) Option {
+	return optionFunc(func(c *config) {
+		if q < 1 {
+			c.fail("head quorum %d must be at least 1", q)
+			return
+		}
+		c.headQuorum = q
+	})
+}
+
+// WithSubscriberBuffer sets how many undelivered changes each subscriber may
+// have pending (default DefaultSubscriberBuffer, at least 1). When a
+// subscriber falls further behind, its newest pending change is merged with
+// the incoming one (see Change.Coalesced), so the checker never blocks and
+// the subscriber always ends up told the latest selection.
+func WithSubscriberBuffer(n int) Option {
+	return optionFunc(func(c *config) {
+		if n < 1 {
+			c.fail("subscriber buffer %d must be at least 1", n)
+			return
+		}
+		c.subBuffer = n
+	})
+}
