@@ -1,0 +1,230 @@
+// Package eventlog_test compares steadfast's eventlog with
+// tmaxmax/go-sse v0.12.0's FiniteReplayer, and measures the SQLite store.
+//
+//	go test -run '^$' -bench . -benchmem ./eventlog/
+package eventlog_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	sse "github.com/tmaxmax/go-sse"
+
+	"github.com/steadfast-go/steadfast/eventlog"
+	"github.com/steadfast-go/steadfast/eventlog/sqlitestore"
+)
+
+const (
+	bufferSize = 4096 // events kept per stream by both implementations
+	replayN    = 200
+	nStreams   = 64
+)
+
+var payload = []byte(`{"type":"delta","text":"hello, world"}`)
+
+// discard is a go-sse client that drops what it is sent.
+type discard struct{ n int }
+
+func (d *discard) Send(m *sse.Message) error { d.n++; return nil }
+func (d *discard) Flush() error              { return nil }
+
+// lockedReplayer is a go-sse FiniteReplayer with the lock its provider
+// would hold around it (FiniteReplayer is not safe for concurrent use).
+type lockedReplayer struct {
+	mu sync.Mutex
+	r  *sse.FiniteReplayer
+}
+
+func newReplayer(b *testing.B) *sse.FiniteReplayer {
+	r, err := sse.NewFiniteReplayer(bufferSize, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
+func newLog() *eventlog.Log {
+	return eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: bufferSize}))
+}
+
+func BenchmarkEventLog(b *testing.B) {
+	ctx := context.Background()
+	topics := []string{"s"}
+	text := string(payload)
+
+	b.Run("append/steadfast", func(b *testing.B) {
+		l := newLog()
+		defer l.Close()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := l.Append(ctx, "s", payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("append/gosse", func(b *testing.B) {
+		r := newReplayer(b)
+		b.ReportAllocs()
+		for b.Loop() {
+			m := &sse.Message{}
+			m.AppendData(text)
+			if _, err := r.Put(m, topics); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+
+	b.Run("replay-200/steadfast", func(b *testing.B) {
+		l := newLog()
+		defer l.Close()
+		for range 1000 {
+			l.Append(ctx, "s", payload)
+		}
+		from := l.Cursor(1000 - replayN)
+		buf := make([]eventlog.Event, 0, replayN)
+		var sink uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			res, err := l.ReplayInto(ctx, "s", from, replayN, buf)
+			if err != nil || len(res.Events) != replayN {
+				b.Fatalf("replay: %d events, %v", len(res.Events), err)
+			}
+			for i := range res.Events {
+				sink += res.Events[i].Seq
+			}
+		}
+		_ = sink
+	})
+	b.Run("replay-200/gosse", func(b *testing.B) {
+		r := newReplayer(b)
+		for range 1000 {
+			m := &sse.Message{}
+			m.AppendData(text)
+			r.Put(m, topics)
+		}
+		// go-sse's auto ids start at 0: id 799 is the event before the last 200.
+		sub := sse.Subscription{Client: &discard{}, LastEventID: sse.ID(strconv.Itoa(999 - replayN)), Topics: topics}
+		d := sub.Client.(*discard)
+		b.ReportAllocs()
+		for b.Loop() {
+			d.n = 0
+			if err := r.Replay(sub); err != nil || d.n != replayN {
+				b.Fatalf("replay: %d events, %v", d.n, err)
+			}
+		}
+	})
+
+	streams := make([]string, nStreams)
+	for i := range streams {
+		streams[i] = fmt.Sprintf("stream-%d", i)
+	}
+	b.Run("append-parallel/steadfast", func(b *testing.B) {
+		l := newLog()
+		defer l.Close()
+		var next atomic.Uint32
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := next.Add(17)
+			for pb.Next() {
+				if _, err := l.Append(ctx, streams[i%nStreams], payload); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	})
+	b.Run("append-parallel/gosse", func(b *testing.B) {
+		rs := make([]*lockedReplayer, nStreams)
+		for i := range rs {
+			rs[i] = &lockedReplayer{r: newReplayer(b)}
+		}
+		tps := make([][]string, nStreams)
+		for i := range tps {
+			tps[i] = []string{streams[i]}
+		}
+		var next atomic.Uint32
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := next.Add(17)
+			for pb.Next() {
+				k := i % nStreams
+				m := &sse.Message{}
+				m.AppendData(text)
+				r := rs[k]
+				r.mu.Lock()
+				_, err := r.r.Put(m, tps[k])
+				r.mu.Unlock()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	})
+}
+
+// BenchmarkSQLiteStore measures the persistent store: group-committed
+// appends from 1 and 8 goroutines (reported as appends/s), and a replay of
+// 200 events from disk.
+func BenchmarkSQLiteStore(b *testing.B) {
+	ctx := context.Background()
+	open := func(b *testing.B) *eventlog.Log {
+		st, err := sqlitestore.Open(filepath.Join(b.TempDir(), "events.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return eventlog.New(eventlog.WithStore(st))
+	}
+	for _, appenders := range []int{1, 8} {
+		b.Run(fmt.Sprintf("append/appenders=%d", appenders), func(b *testing.B) {
+			l := open(b)
+			defer l.Close()
+			var next atomic.Uint32
+			b.ReportAllocs()
+			b.SetParallelism((appenders + 1) / 2) // GOMAXPROCS 2 on the reference machine
+			if appenders == 1 {
+				for b.Loop() {
+					if _, err := l.Append(ctx, "s0", payload); err != nil {
+						b.Fatal(err)
+					}
+				}
+			} else {
+				b.RunParallel(func(pb *testing.PB) {
+					stream := fmt.Sprintf("s%d", next.Add(1)%4)
+					for pb.Next() {
+						if _, err := l.Append(ctx, stream, payload); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+		})
+	}
+	b.Run("replay-200", func(b *testing.B) {
+		l := open(b)
+		defer l.Close()
+		for range 1000 {
+			if _, err := l.Append(ctx, "s", payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+		from := l.Cursor(1000 - replayN)
+		buf := make([]eventlog.Event, 0, replayN)
+		b.ReportAllocs()
+		for b.Loop() {
+			res, err := l.ReplayInto(ctx, "s", from, replayN, buf)
+			if err != nil || len(res.Events) != replayN {
+				b.Fatalf("replay: %d events, %v", len(res.Events), err)
+			}
+		}
+	})
+}

@@ -1,0 +1,368 @@
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+)
+
+// Event is one entry of a stream. It is a plain value, safe to copy and to
+// read from several goroutines; its zero value (Seq 0) is never a stored
+// event.
+type Event struct {
+	// Seq is the event's sequence number in its stream, from 1.
+	Seq uint64
+	// Type is an optional application-defined kind, such as the SSE
+	// "event:" field; empty by default.
+	Type string
+	// Data is the payload. Slices returned by the Log and its stores must be
+	// treated as read-only: they may share memory with the stored event.
+	Data []byte
+}
+
+// Outcome says which kind of Result a replay or subscription produced. The
+// zero Outcome is Events.
+type Outcome uint8
+
+// The outcomes of Replay and Subscription.Next.
+const (
+	// Events: Result.Events holds the events after the cursor, in order
+	// (none if the cursor was at head).
+	Events Outcome = iota
+	// SkippedToHead: the cursor was more than the gap cap behind head;
+	// Result.Gap events were not replayed and the holder should continue
+	// from Result.Head (lazy-loading the history it wants another way).
+	SkippedToHead
+	// Unrecoverable: the cursor does not name a position that can be
+	// resumed (Result.Reason says why); the holder should reset and continue
+	// from Result.Head.
+	Unrecoverable
+	// Lagged: a subscriber fell more than SubscribeOptions.MaxLag events
+	// behind head; the subscription has ended and the holder may subscribe
+	// again from Result.Resume.
+	Lagged
+)
+
+var outcomeNames = [...]string{"events", "skipped-to-head", "unrecoverable", "lagged"}
+
+// String returns the outcome's name, such as "skipped-to-head".
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
+	}
+	return "unknown"
+}
+
+// Reason says why a cursor was Unrecoverable. The zero Reason is NoReason.
+type Reason uint8
+
+// The reasons for an Unrecoverable result.
+const (
+	// NoReason is the Reason of every result that is not Unrecoverable.
+	NoReason Reason = iota
+	// WrongEpoch: the cursor was issued by another incarnation of the log
+	// (before a restart that lost history, or by another server).
+	WrongEpoch
+	// Expired: the events right after the cursor are no longer retained.
+	Expired
+)
+
+var reasonNames = [...]string{"none", "wrong-epoch", "expired"}
+
+// String returns the reason's name, such as "wrong-epoch".
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Result is the explicit answer to "what happens to a client at this
+// cursor": see Outcome. Resume is always where the holder stands after
+// applying the result.
+//
+// A Result is a plain value owned by the caller (its Events may share Data
+// with the store; treat them as read-only). The zero Result is an Events
+// result with no events.
+type Result struct {
+	// Outcome says which of the other fields are meaningful.
+	Outcome Outcome
+	// Events holds the replayed or live events (Outcome Events only).
+	Events []Event
+	// Gap is the number of events that were not replayed (SkippedToHead).
+	Gap uint64
+	// Reason says why the cursor could not be used (Unrecoverable).
+	Reason Reason
+	// Head is the stream's head when the result was computed.
+	Head Cursor
+	// Resume is the cursor after this result: the last event's cursor for
+	// Events (the input cursor if there were none), Head for SkippedToHead
+	// and Unrecoverable, the last delivered position for Lagged.
+	Resume Cursor
+}
+
+// Log is a set of streams, each an ordered sequence of events with its own
+// sequence numbers, its own head and its own state, kept in a Store.
+//
+// A Log is safe for concurrent use by multiple goroutines. The zero Log is
+// not usable: create one with New. A Log must not be copied after first use.
+//
+// Ordering: appends to one stream are totally ordered; Append returns the
+// sequence number it was given, and the n'th successful append to a stream
+// gets seq n (counting from 1), with no gaps or duplicates however many
+// goroutines append. Every reader (ReadAfter, Replay, subscribers) sees a
+// stream's events in seq order, and sees seq n before seq n+1. Streams are
+// independent: appends to one never wait for appends to another.
+type Log struct {
+	store        Store
+	epoch        string
+	maxEventSize int
+
+	closed    atomic.Bool
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	closeErr  error
+
+	nsubs  atomic.Int64 // number of live subscriptions; 0 skips wake-ups on Append
+	subsMu sync.RWMutex // protects subs
+	subs   map[string]map[*Subscription]struct{}
+}
+
+// New returns a Log. Without WithStore it keeps events in a new MemoryStore
+// (with a fresh random epoch) using the retention set by WithRetention.
+// New panics if WithStore and WithRetention are both given.
+func New(opts ...Option) *Log {
+	c := config{maxEventSize: DefaultMaxEventSize}
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	if c.store != nil && c.retention != nil {
+		panic("eventlog: WithRetention configures the default store only; configure the store given to WithStore instead")
+	}
+	if c.store == nil {
+		r := Retention{}
+		if c.retention != nil {
+			r = *c.retention
+		}
+		c.store = NewMemoryStore(r)
+	}
+	return &Log{
+		store:        c.store,
+		epoch:        c.store.Epoch(),
+		maxEventSize: c.maxEventSize,
+		done:         make(chan struct{}),
+		subs:         make(map[string]map[*Subscription]struct{}),
+	}
+}
+
+// Epoch returns the log's epoch, the Epoch of every Cursor it issues.
+func (l *Log) Epoch() string { return l.epoch }
+
+// Cursor returns the cursor of seq in this log: Cursor{l.Epoch(), seq}.
+func (l *Log) Cursor(seq uint64) Cursor { return Cursor{Epoch: l.epoch, Seq: seq} }
+
+// Append adds an event with data and no type to stream, creating the stream
+// (in state Created) if needed, wakes the stream's subscribers, and returns
+// the event's cursor. The log copies data; the caller may reuse it.
+//
+// Errors: ErrEmptyStream, ErrEventTooLarge, ErrStreamEnded, ErrClosed,
+// ctx.Err(), or the store's error.
+func (l *Log) Append(ctx context.Context, stream string, data []byte) (Cursor, error) {
+	return l.AppendEvent(ctx, stream, "", data)
+}
+
+// AppendEvent is Append with an event type (see Event.Type).
+//
+// Errors: as Append.
+func (l *Log) AppendEvent(ctx context.Context, stream, typ string, data []byte) (Cursor, error) {
+	if l.closed.Load() {
+		return Cursor{}, ErrClosed
+	}
+	if stream == "" {
+		return Cursor{}, ErrEmptyStream
+	}
+	if n := len(typ) + len(data); n > l.maxEventSize {
+		return Cursor{}, errorf(ErrEventTooLarge, "%d bytes, limit %d", n, l.maxEventSize)
+	}
+	seq, err := l.store.Append(ctx, stream, typ, data)
+	if err != nil {
+		return Cursor{}, err
+	}
+	if l.nsubs.Load() > 0 {
+		l.wake(stream)
+	}
+	return Cursor{Epoch: l.epoch, Seq: seq}, nil
+}
+
+// Head returns the cursor of the last event appended to stream (Seq 0 if
+// none was).
+//
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, or the store's error.
+func (l *Log) Head(stream string) (Cursor, error) {
+	if err := l.check(stream); err != nil {
+		return Cursor{}, err
+	}
+	_, head, err := l.store.Bounds(context.Background(), stream)
+	if err != nil {
+		return Cursor{}, err
+	}
+	return Cursor{Epoch: l.epoch, Seq: head}, nil
+}
+
+// ReadAfter returns up to limit retained events of stream with seq > after,
+// in order (limit <= 0 means DefaultGapCap).
+//
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrCursorAhead (after > head),
+// ErrCursorExpired (event after+1 is no longer retained), ErrClosed,
+// ctx.Err(), or the store's error.
+func (l *Log) ReadAfter(ctx context.Context, stream string, after uint64, limit int) ([]Event, error) {
+	return l.ReadAfterInto(ctx, stream, after, limit, nil)
+}
+
+// ReadAfterInto is ReadAfter appending to dst[:0], so a caller that reuses
+// dst reads without allocating.
+//
+// Errors: as ReadAfter.
+func (l *Log) ReadAfterInto(ctx context.Context, stream string, after uint64, limit int, dst []Event) ([]Event, error) {
+	if err := l.check(stream); err != nil {
+		return dst[:0], err
+	}
+	if limit <= 0 {
+		limit = DefaultGapCap
+	}
+	return l.store.ReadAfter(ctx, stream, after, limit, dst[:0])
+}
+
+// Replay answers a client reconnecting to stream at cursor from, with at
+// most gapCap events (gapCap <= 0 means DefaultGapCap):
+//
+//   - from is from another epoch: Unrecoverable, WrongEpoch;
+//   - from is at head: Events with no events (nothing is re-sent);
+//   - from is more than gapCap behind head: SkippedToHead with the gap;
+//   - the events after from are no longer retained: Unrecoverable, Expired;
+//   - otherwise Events with every event after from (at most gapCap).
+//
+// The zero Cursor is "nothing seen yet" in any epoch.
+//
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrCursorAhead (from is in this
+// epoch but beyond head: never silently treated as "nothing to send"),
+// ErrClosed, ctx.Err(), or the store's error.
+func (l *Log) Replay(ctx context.Context, stream string, from Cursor, gapCap int) (Result, error) {
+	return l.ReplayInto(ctx, stream, from, gapCap, nil)
+}
+
+// ReplayInto is Replay appending the events to dst[:0], so a caller that
+// reuses dst replays without allocating.
+//
+// Errors: as Replay.
+func (l *Log) ReplayInto(ctx context.Context, stream string, from Cursor, gapCap int, dst []Event) (Result, error) {
+	if err := l.check(stream); err != nil {
+		return Result{}, err
+	}
+	if gapCap <= 0 {
+		gapCap = DefaultGapCap
+	}
+	first, head, err := l.store.Bounds(ctx, stream)
+	if err != nil {
+		return Result{}, err
+	}
+	headC := Cursor{Epoch: l.epoch, Seq: head}
+	if !from.IsZero() && from.Epoch != l.epoch {
+		return Result{Outcome: Unrecoverable, Reason: WrongEpoch, Head: headC, Resume: headC}, nil
+	}
+	if from.Seq > head {
+		return Result{}, errorf(ErrCursorAhead, "stream %q: cursor %d, head %d", stream, from.Seq, head)
+	}
+	gap := head - from.Seq
+	if gap == 0 {
+		return Result{Outcome: Events, Events: dst[:0], Head: headC, Resume: headC}, nil
+	}
+	if gap > uint64(gapCap) {
+		return Result{Outcome: SkippedToHead, Gap: gap, Head: headC, Resume: headC}, nil
+	}
+	if from.Seq+1 < first {
+		return Result{Outcome: Unrecoverable, Reason: Expired, Head: headC, Resume: headC}, nil
+	}
+	evs, err := l.store.ReadAfter(ctx, stream, from.Seq, gapCap, dst[:0])
+	if err != nil {
+		if errors.Is(err, ErrCursorExpired) { // retention moved on since Bounds
+			return Result{Outcome: Unrecoverable, Reason: Expired, Head: headC, Resume: headC}, nil
+		}
+		return Result{}, err
+	}
+	res := Result{Outcome: Events, Events: evs, Head: headC, Resume: Cursor{Epoch: l.epoch, Seq: from.Seq}}
+	if n := len(evs); n > 0 {
+		res.Resume.Seq = evs[n-1].Seq
+		if res.Resume.Seq > head {
+			res.Head = res.Resume
+		}
+	}
+	return res, nil
+}
+
+// SetState sets the state of stream, creating the stream if it does not
+// exist, and wakes its subscribers. Ended is terminal.
+//
+// Errors: ErrEmptyStream, ErrInvalidState, ErrStreamEnded (changing an
+// Ended stream to another state), ErrClosed, ctx.Err(), or the store's
+// error.
+func (l *Log) SetState(ctx context.Context, stream string, st State) error {
+	if err := l.check(stream); err != nil {
+		return err
+	}
+	if !st.Valid() {
+		return errorf(ErrInvalidState, "%d", st)
+	}
+	if err := l.store.SetState(ctx, stream, st); err != nil {
+		return err
+	}
+	if l.nsubs.Load() > 0 {
+		l.wake(stream)
+	}
+	return nil
+}
+
+// State returns the state of stream.
+//
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, or the store's error.
+func (l *Log) State(stream string) (State, error) {
+	if err := l.check(stream); err != nil {
+		return 0, err
+	}
+	return l.store.State(stream)
+}
+
+// Close closes the log and its store. Blocked Subscription.Next calls
+// return ErrClosed, and every later call returns ErrClosed. Close is
+// idempotent; it returns the store's Close error.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		close(l.done)
+		l.closeErr = l.store.Close()
+	})
+	return l.closeErr
+}
+
+func (l *Log) check(stream string) error {
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	if stream == "" {
+		return ErrEmptyStream
+	}
+	return nil
+}
+
+// wake tells every subscriber of stream that it has news. It never blocks.
+func (l *Log) wake(stream string) {
+	l.subsMu.RLock()
+	for s := range l.subs[stream] {
+		select {
+		case s.wake <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+	l.subsMu.RUnlock()
+}

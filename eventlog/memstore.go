@@ -1,0 +1,292 @@
+package eventlog
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	initialRing = 16              // first ring size of a stream; doubles up to the retention bound
+	arenaChunk  = 16 << 10        // event data is copied into chunks of this size...
+	arenaMax    = arenaChunk / 16 // ...unless it is larger than this
+)
+
+// MemoryStore is the in-memory Store, and the default store of a Log: a
+// ring buffer per stream, sized up to the count retention, with age
+// retention enforced lazily on every access. Its epoch is random, so a new
+// MemoryStore (a restarted process) never accepts cursors issued by an old
+// one.
+//
+// Appends to one stream allocate nothing in the steady state: the ring is
+// reused, and event data is copied into shared chunks of 16 KiB (events
+// larger than 1 KiB get their own allocation). Reads copy event headers
+// only; the returned Data slices share the store's memory and must not be
+// modified.
+//
+// A MemoryStore is safe for concurrent use. Streams are independent: each
+// has its own lock, found without a global lock. The zero MemoryStore is not
+// usable: create one with NewMemoryStore. It must not be copied after first
+// use.
+type MemoryStore struct {
+	epoch     string
+	maxEvents int           // count retention, > 0
+	maxAge    time.Duration // age retention, 0 = none
+	base      time.Time     // event times are monotonic offsets from base
+	closed    atomic.Bool
+	streams   sync.Map // string -> *memStream
+}
+
+type memStream struct {
+	mu    sync.Mutex // protects every field below
+	state State
+	head  uint64  // last assigned seq
+	n     int     // retained events: seqs head-n+1 .. head
+	ring  []Event // len is a power of two; seq s lives at ring[s&(len-1)]
+	times []int64 // append times (offsets from base), only with age retention
+	arena []byte  // current data chunk
+}
+
+// NewMemoryStore returns an empty MemoryStore with a new random epoch,
+// keeping at most r.MaxEvents events per stream (0 means DefaultMaxEvents)
+// for at most r.MaxAge (0 means no age limit). It panics on a negative
+// field.
+func NewMemoryStore(r Retention) *MemoryStore {
+	if r.MaxEvents < 0 || r.MaxAge < 0 {
+		panic(fmt.Sprintf("eventlog: negative retention %+v", r))
+	}
+	if r.MaxEvents == 0 {
+		r.MaxEvents = DefaultMaxEvents
+	}
+	return &MemoryStore{epoch: NewEpoch(), maxEvents: r.MaxEvents, maxAge: r.MaxAge, base: time.Now()}
+}
+
+// NewEpoch returns a new random epoch (16 hex digits), as used by
+// MemoryStore and by persistent stores when they create a new history.
+func NewEpoch() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// Epoch returns the store's epoch.
+func (m *MemoryStore) Epoch() string { return m.epoch }
+
+func (m *MemoryStore) lookup(stream string, create bool) (*memStream, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	if v, ok := m.streams.Load(stream); ok {
+		return v.(*memStream), nil
+	}
+	if !create {
+		return nil, errorf(ErrUnknownStream, "%q", clip(stream))
+	}
+	v, _ := m.streams.LoadOrStore(stream, &memStream{state: Created})
+	return v.(*memStream), nil
+}
+
+func (m *MemoryStore) now() int64 { return int64(time.Since(m.base)) }
+
+// expire drops the events older than the age retention. st.mu must be held.
+func (m *MemoryStore) expire(st *memStream, now int64) {
+	if m.maxAge <= 0 {
+		return
+	}
+	cutoff := now - int64(m.maxAge)
+	mask := uint64(len(st.ring) - 1)
+	for st.n > 0 {
+		i := (st.head - uint64(st.n) + 1) & mask
+		if st.times[i] > cutoff {
+			return
+		}
+		st.ring[i] = Event{}
+		st.n--
+	}
+}
+
+// Append implements Store.
+func (m *MemoryStore) Append(ctx context.Context, stream, typ string, data []byte) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	st, err := m.lookup(stream, true)
+	if err != nil {
+		return 0, err
+	}
+	var now int64
+	if m.maxAge > 0 {
+		now = m.now()
+	}
+	st.mu.Lock()
+	if st.state == Ended {
+		st.mu.Unlock()
+		return 0, errorf(ErrStreamEnded, "%q", clip(stream))
+	}
+	if st.n == len(st.ring) && st.n < m.maxEvents {
+		m.grow(st)
+	}
+	seq := st.head + 1
+	mask := uint64(len(st.ring) - 1)
+	if st.n == m.maxEvents {
+		// Count retention: forget the oldest (its slot may be a different
+		// one when the ring is larger than the bound).
+		st.ring[(seq-uint64(m.maxEvents))&mask] = Event{}
+		st.n--
+	}
+	i := seq & mask
+	st.ring[i] = Event{Seq: seq, Type: typ, Data: st.copyData(data)}
+	if m.maxAge > 0 {
+		st.times[i] = now
+		m.expire(st, now)
+	}
+	st.head = seq
+	st.n++
+	st.mu.Unlock()
+	return seq, nil
+}
+
+// grow doubles the ring (up to the count bound). st.mu must be held.
+func (m *MemoryStore) grow(st *memStream) {
+	size := initialRing
+	if len(st.ring) > 0 {
+		size = 2 * len(st.ring)
+	}
+	if lim := 1 << bits.Len(uint(m.maxEvents-1)); size > lim {
+		size = lim
+	}
+	ring := make([]Event, size)
+	var times []int64
+	if m.maxAge > 0 {
+		times = make([]int64, size)
+	}
+	if st.n > 0 {
+		om, nm := uint64(len(st.ring)-1), uint64(size-1)
+		for s := st.head - uint64(st.n) + 1; s <= st.head; s++ {
+			ring[s&nm] = st.ring[s&om]
+			if times != nil {
+				times[s&nm] = st.times[s&om]
+			}
+		}
+	}
+	st.ring, st.times = ring, times
+}
+
+// copyData copies data into the stream's arena. st.mu must be held.
+func (st *memStream) copyData(data []byte) []byte {
+	n := len(data)
+	if n == 0 {
+		return nil
+	}
+	if n > arenaMax {
+		return append([]byte(nil), data...)
+	}
+	if cap(st.arena)-len(st.arena) < n {
+		st.arena = make([]byte, 0, arenaChunk)
+	}
+	start := len(st.arena)
+	st.arena = append(st.arena, data...)
+	return st.arena[start : start+n : start+n]
+}
+
+// ReadAfter implements Store.
+func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, after uint64, limit int, dst []Event) ([]Event, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, err
+	}
+	st, err := m.lookup(stream, false)
+	if err != nil {
+		return dst, err
+	}
+	var now int64
+	if m.maxAge > 0 {
+		now = m.now()
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	m.expire(st, now)
+	if after > st.head {
+		return dst, errorf(ErrCursorAhead, "stream %q: cursor %d, head %d", clip(stream), after, st.head)
+	}
+	first := st.head - uint64(st.n) + 1
+	if after+1 < first {
+		return dst, errorf(ErrCursorExpired, "stream %q: cursor %d, oldest retained %d", clip(stream), after, first)
+	}
+	k := st.head - after
+	if limit >= 0 && k > uint64(limit) {
+		k = uint64(limit)
+	}
+	if k == 0 {
+		return dst, nil
+	}
+	mask := uint64(len(st.ring) - 1)
+	lo := (after + 1) & mask
+	hi := lo + k
+	if hi <= uint64(len(st.ring)) {
+		return append(dst, st.ring[lo:hi]...), nil
+	}
+	dst = append(dst, st.ring[lo:]...)
+	return append(dst, st.ring[:hi-uint64(len(st.ring))]...), nil
+}
+
+// Bounds implements Store.
+func (m *MemoryStore) Bounds(ctx context.Context, stream string) (first, head uint64, err error) {
+	st, err := m.lookup(stream, false)
+	if err != nil {
+		return 0, 0, err
+	}
+	var now int64
+	if m.maxAge > 0 {
+		now = m.now()
+	}
+	st.mu.Lock()
+	m.expire(st, now)
+	first, head = st.head-uint64(st.n)+1, st.head
+	st.mu.Unlock()
+	return first, head, nil
+}
+
+// SetState implements Store.
+func (m *MemoryStore) SetState(ctx context.Context, stream string, s State) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !s.Valid() {
+		return errorf(ErrInvalidState, "%d", s)
+	}
+	st, err := m.lookup(stream, true)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.state == Ended && s != Ended {
+		return errorf(ErrStreamEnded, "%q: cannot become %v", clip(stream), s)
+	}
+	st.state = s
+	return nil
+}
+
+// State implements Store.
+func (m *MemoryStore) State(stream string) (State, error) {
+	st, err := m.lookup(stream, false)
+	if err != nil {
+		return 0, err
+	}
+	st.mu.Lock()
+	s := st.state
+	st.mu.Unlock()
+	return s, nil
+}
+
+// Close implements Store: later calls return ErrClosed. The events are
+// dropped with the store.
+func (m *MemoryStore) Close() error {
+	m.closed.Store(true)
+	return nil
+}
