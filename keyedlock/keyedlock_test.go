@@ -1,0 +1,700 @@
+package keyedlock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/steadfast-go/steadfast/keyedlock"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fataler is the part of testing.TB and *rapid.T that the helpers use.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// waitUntil polls cond, yielding the processor between polls, until it
+// holds. It synchronizes on observable state (usually Status), never on
+// elapsed time; the deadline only turns a hang into a failure.
+func waitUntil(t fataler, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		runtime.Gosched()
+	}
+}
+
+// lockAsync starts Lock(ctx, key) in a new goroutine and returns a channel
+// that receives its result.
+func lockAsync[K comparable](m *keyedlock.Map[K], ctx context.Context, key K) <-chan error {
+	res := make(chan error, 1)
+	go func() { res <- m.Lock(ctx, key) }()
+	return res
+}
+
+// enqueue starts a Lock call for a held key and waits until it is queued
+// behind the n-1 waiters already there, so that call order is
+// deterministic without sleeping.
+func enqueue[K comparable](t testing.TB, m *keyedlock.Map[K], ctx context.Context, key K, n int) <-chan error {
+	t.Helper()
+	res := lockAsync(m, ctx, key)
+	waitUntil(t, fmt.Sprintf("%d waiters on %v", n, key), func() bool { return m.Status(key).Waiters == n })
+	return res
+}
+
+// await receives a Lock result. The deadline only turns a lost wake-up
+// into a test failure instead of a hang.
+func await(t fataler, what string, res <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-res:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s never returned from Lock", what)
+		return nil
+	}
+}
+
+func mustNotReturn(t testing.TB, name string, res <-chan error) {
+	t.Helper()
+	select {
+	case err := <-res:
+		t.Fatalf("%s returned %v while it should still be waiting", name, err)
+	default:
+	}
+}
+
+func TestZeroValueLocksAndUnlocks(t *testing.T) {
+	var m keyedlock.Map[string]
+	if st := m.Status("a"); st != (keyedlock.Status{}) {
+		t.Fatalf("Status of unused zero Map = %+v, want zero", st)
+	}
+	if err := m.Lock(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Status("a"); !st.Held || st.Waiters != 0 {
+		t.Fatalf("Status after Lock = %+v, want held with no waiters", st)
+	}
+	if m.TryLock("a") {
+		t.Fatal("TryLock succeeded on a held key")
+	}
+	if !m.TryLock("b") {
+		t.Fatal("TryLock failed on a free key while another key is held")
+	}
+	m.Unlock("a")
+	m.Unlock("b")
+	if st := m.Status("a"); st.Held {
+		t.Fatalf("Status after Unlock = %+v, want free", st)
+	}
+	if got := m.Stats(); got.Acquires != 2 || got.Held != 0 || got.Contended != 0 {
+		t.Fatalf("Stats = %+v, want 2 acquires, nothing held, no contention", got)
+	}
+}
+
+// TestFIFOManyWaiters proves guarantee 1: callers acquire a key in the
+// order in which they called Lock. Each waiter is started only after the
+// previous one is queued, so the call order is known; the critical
+// section appends to a plain slice, so -race also checks mutual exclusion.
+func TestFIFOManyWaiters(t *testing.T) {
+	const n = 200
+	m := keyedlock.New[string]()
+	ctx := t.Context()
+	if err := m.Lock(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	var order []int // guarded by the key "k"
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := m.Lock(ctx, "k"); err != nil {
+				t.Error(err)
+				return
+			}
+			order = append(order, i)
+			m.Unlock("k")
+		})
+		waitUntil(t, fmt.Sprintf("%d waiters", i+1), func() bool { return m.Status("k").Waiters == i+1 })
+		// TryLock must not jump the queue.
+		if m.TryLock("k") {
+			t.Fatal("TryLock acquired a key that has waiters")
+		}
+	}
+	m.Unlock("k")
+	wg.Wait()
+	if len(order) != n {
+		t.Fatalf("%d of %d waiters acquired the key", len(order), n)
+	}
+	for i, got := range order {
+		if got != i {
+			t.Fatalf("acquisition %d went to caller %d, want %d (order %v)", i, got, i, order[:i+1])
+		}
+	}
+	if st := m.Stats(); st.Contended != n || st.Acquires != n+1 || st.Held != 0 || st.Waiters != 0 {
+		t.Fatalf("Stats = %+v, want %d contended, %d acquires, nothing held", st, n, n+1)
+	}
+}
+
+// TestMutualExclusionManyKeys hammers a few keys from many goroutines: no
+// two holders of one key overlap (checked by a counter and by -race on the
+// plain per-key totals), and every increment is kept.
+func TestMutualExclusionManyKeys(t *testing.T) {
+	const (
+		keys       = 4
+		goroutines = 16
+		iters      = 300
+	)
+	var m keyedlock.Map[int]
+	var inside [keys]atomic.Int32
+	var total [keys]int // total[k] guarded by key k
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range iters {
+				k := (g + i) % keys
+				err := m.Do(t.Context(), k, func() error {
+					if c := inside[k].Add(1); c != 1 {
+						return fmt.Errorf("key %d held by %d callers at once", k, c)
+					}
+					total[k]++
+					inside[k].Add(-1)
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	sum := 0
+	for _, v := range total {
+		sum += v
+	}
+	if sum != goroutines*iters {
+		t.Fatalf("lost updates: %d of %d", sum, goroutines*iters)
+	}
+	if st := m.Stats(); st.Held != 0 || st.Waiters != 0 || st.Acquires != goroutines*iters {
+		t.Fatalf("Stats = %+v after all work finished", st)
+	}
+}
+
+// TestDifferentKeysNeverWait proves guarantee 2: while one key is held
+// (with a queue behind it), other keys, even ones in the same shard, are
+// locked and unlocked without waiting.
+func TestDifferentKeysNeverWait(t *testing.T) {
+	for _, shards := range []int{1, keyedlock.DefaultShards} {
+		t.Run(strconv.Itoa(shards), func(t *testing.T) {
+			m := keyedlock.New[string](keyedlock.WithShards(shards))
+			ctx := t.Context()
+			if err := m.Lock(ctx, "busy"); err != nil {
+				t.Fatal(err)
+			}
+			waiter := enqueue(t, m, ctx, "busy", 1)
+			for i := range 100 {
+				k := "other-" + strconv.Itoa(i)
+				if !m.TryLock(k) {
+					t.Fatalf("TryLock(%q) failed while only %q is held", k, "busy")
+				}
+			}
+			for i := range 100 {
+				m.Unlock("other-" + strconv.Itoa(i))
+			}
+			mustNotReturn(t, "waiter", waiter)
+			m.Unlock("busy")
+			if err := await(t, "waiter", waiter); err != nil {
+				t.Fatal(err)
+			}
+			m.Unlock("busy")
+		})
+	}
+}
+
+// TestCancelMiddleWaiter proves guarantee 3: a waiter whose context ends
+// returns ctx.Err(), holds nothing, and the others keep their order.
+func TestCancelMiddleWaiter(t *testing.T) {
+	m := keyedlock.New[string]()
+	ctx := t.Context()
+	if err := m.Lock(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	const victim = 2
+	cause := errors.New("user deleted the message")
+	victimCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	res := make([]<-chan error, n)
+	for i := range n {
+		c := ctx
+		if i == victim {
+			c = victimCtx
+		}
+		res[i] = enqueue(t, m, c, "k", i+1)
+	}
+	cancel(cause)
+	if err := await(t, "canceled waiter", res[victim]); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled waiter returned %v, want context.Canceled", err)
+	}
+	if got := context.Cause(victimCtx); got != cause {
+		t.Fatalf("context.Cause = %v, want %v", got, cause)
+	}
+	if st := m.Status("k"); !st.Held || st.Waiters != n-1 {
+		t.Fatalf("Status after cancel = %+v, want held with %d waiters", st, n-1)
+	}
+	for i := range n {
+		if i != victim {
+			mustNotReturn(t, fmt.Sprintf("waiter %d", i), res[i])
+		}
+	}
+	// Hand the key along the queue: each remaining waiter must get it in
+	// call order, and nobody else may wake meanwhile.
+	m.Unlock("k")
+	for i := range n {
+		if i == victim {
+			continue
+		}
+		if err := await(t, fmt.Sprintf("waiter %d", i), res[i]); err != nil {
+			t.Fatalf("waiter %d: %v", i, err)
+		}
+		for j := i + 1; j < n; j++ {
+			if j != victim {
+				mustNotReturn(t, fmt.Sprintf("waiter %d", j), res[j])
+			}
+		}
+		m.Unlock("k")
+	}
+	if st := m.Stats(); st.Canceled != 1 || st.Held != 0 || st.Waiters != 0 || st.Acquires != n {
+		t.Fatalf("Stats = %+v, want 1 canceled, %d acquires, nothing held", st, n)
+	}
+}
+
+// TestLockWithEndedContext: a context that already ended never acquires,
+// even a free key.
+func TestLockWithEndedContext(t *testing.T) {
+	var m keyedlock.Map[string]
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := m.Lock(ctx, "free"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lock with canceled ctx = %v, want context.Canceled", err)
+	}
+	if st := m.Status("free"); st.Held {
+		t.Fatal("Lock with a canceled context left the key held")
+	}
+	called := false
+	if err := m.Do(ctx, "free", func() error { called = true; return nil }); !errors.Is(err, context.Canceled) || called {
+		t.Fatalf("Do with canceled ctx = %v (fn called: %v), want context.Canceled and no call", err, called)
+	}
+}
+
+// TestLockTimeoutAndWaitStats checks, on a fake clock, that a waiter with
+// a deadline gives up exactly at it, and that Stats and the wait hook see
+// exact wait times.
+func TestLockTimeoutAndWaitStats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hooked []time.Duration // appended only by Lock callers, read after wg.Wait
+		var hookMu sync.Mutex
+		m := keyedlock.New[string](keyedlock.WithWaitHook(func(d time.Duration) {
+			hookMu.Lock()
+			hooked = append(hooked, d)
+			hookMu.Unlock()
+		}))
+		ctx := t.Context()
+		if err := m.Lock(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			tctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			start := time.Now()
+			if err := m.Lock(tctx, "k"); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Lock with 1s timeout = %v, want DeadlineExceeded", err)
+			}
+			if d := time.Since(start); d != time.Second {
+				t.Errorf("timed-out Lock returned after %v, want 1s", d)
+			}
+		})
+		wg.Go(func() {
+			if err := m.Lock(ctx, "k"); err != nil {
+				t.Error(err)
+				return
+			}
+			m.Unlock("k")
+		})
+		synctest.Wait()
+		if st := m.Status("k"); st.Waiters != 2 {
+			t.Fatalf("Status = %+v, want 2 waiters", st)
+		}
+		time.Sleep(3 * time.Second) // fake clock: the timed-out waiter leaves after 1s
+		m.Unlock("k")
+		wg.Wait()
+		st := m.Stats()
+		if st.Contended != 2 || st.Canceled != 1 || st.Acquires != 2 || st.WaitTime != 4*time.Second {
+			t.Fatalf("Stats = %+v, want 2 contended, 1 canceled, 2 acquires, 4s waited", st)
+		}
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		if len(hooked) != 2 || hooked[0] != time.Second || hooked[1] != 3*time.Second {
+			t.Fatalf("hook saw %v, want [1s 3s]", hooked)
+		}
+	})
+}
+
+// TestCancelRacesHandoff runs the race between Unlock handing the key to a
+// waiter and that waiter's context ending, many times. Whatever wins, the
+// next waiter must get the key (no lost wake-up) and nothing stays held.
+func TestCancelRacesHandoff(t *testing.T) {
+	iters := 2000
+	if testing.Short() {
+		iters = 200
+	}
+	m := keyedlock.New[int]()
+	ctx := t.Context()
+	for i := range iters {
+		if err := m.Lock(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+		actx, cancel := context.WithCancel(ctx)
+		a := enqueue(t, m, actx, i, 1)
+		b := enqueue(t, m, ctx, i, 2)
+		var wg sync.WaitGroup
+		wg.Go(cancel)
+		wg.Go(func() { m.Unlock(i) })
+		wg.Wait()
+		if err := await(t, "a", a); err == nil {
+			// a won the key before its context ended: it must release it.
+			mustNotReturn(t, "b", b)
+			m.Unlock(i)
+		} else if !errors.Is(err, context.Canceled) {
+			t.Fatalf("iteration %d: a returned %v", i, err)
+		}
+		if err := await(t, "b", b); err != nil {
+			t.Fatalf("iteration %d: b returned %v", i, err)
+		}
+		m.Unlock(i)
+		if st := m.Status(i); st != (keyedlock.Status{}) {
+			t.Fatalf("iteration %d: Status = %+v, want idle", i, st)
+		}
+	}
+	if st := m.Stats(); st.Held != 0 || st.Waiters != 0 {
+		t.Fatalf("Stats = %+v, want nothing held or waiting", st)
+	}
+}
+
+// TestTryLockNeverBlocks: TryLock on a held key returns false at once.
+func TestTryLockNeverBlocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var m keyedlock.Map[string]
+		if !m.TryLock("k") {
+			t.Fatal("TryLock on a free key failed")
+		}
+		start := time.Now()
+		if m.TryLock("k") {
+			t.Fatal("TryLock on a held key succeeded")
+		}
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("TryLock took %v of fake time", d)
+		}
+		m.Unlock("k")
+	})
+}
+
+// TestStatusShowsQueue proves guarantee 4: Status reports holder and queue
+// length as they change, which is what a "waiting" indicator needs.
+func TestStatusShowsQueue(t *testing.T) {
+	m := keyedlock.New[string]()
+	ctx := t.Context()
+	if st := m.Status("k"); st.Held || st.Waiters != 0 {
+		t.Fatalf("idle key: %+v", st)
+	}
+	if err := m.Lock(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	a := enqueue(t, m, ctx, "k", 1)
+	b := enqueue(t, m, ctx, "k", 2)
+	if st := m.Stats(); st.Held != 1 || st.Waiters != 2 {
+		t.Fatalf("Stats gauges = %+v, want 1 held, 2 waiting", st)
+	}
+	m.Unlock("k")
+	if err := await(t, "a", a); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Status("k"); !st.Held || st.Waiters != 1 {
+		t.Fatalf("after one hand-off: %+v, want held with 1 waiter", st)
+	}
+	m.Unlock("k")
+	if err := await(t, "b", b); err != nil {
+		t.Fatal(err)
+	}
+	m.Unlock("k")
+	if st := m.Status("k"); st.Held || st.Waiters != 0 {
+		t.Fatalf("after all released: %+v", st)
+	}
+}
+
+// TestUnlockOfUnlockedKeyPanics proves guarantee 6 (first half).
+func TestUnlockOfUnlockedKeyPanics(t *testing.T) {
+	cases := map[string]func(m *keyedlock.Map[string]){
+		"never locked": func(m *keyedlock.Map[string]) {},
+		"already unlocked": func(m *keyedlock.Map[string]) {
+			if !m.TryLock("k") {
+				t.Fatal("TryLock failed")
+			}
+			m.Unlock("k")
+		},
+		"other key held": func(m *keyedlock.Map[string]) {
+			if !m.TryLock("other") {
+				t.Fatal("TryLock failed")
+			}
+		},
+	}
+	for name, setup := range cases {
+		t.Run(name, func(t *testing.T) {
+			var m keyedlock.Map[string]
+			setup(&m)
+			defer func() {
+				r := recover()
+				if r != "keyedlock: unlock of unlocked key" {
+					t.Fatalf("recovered %v, want the keyedlock unlock panic", r)
+				}
+			}()
+			m.Unlock("k")
+		})
+	}
+}
+
+type tenantChannel struct {
+	Tenant  string
+	Channel int64
+}
+
+// TestGenericKeys proves guarantee 6 (second half): any comparable key
+// type works, with equal keys sharing a lock and distinct keys not.
+func TestGenericKeys(t *testing.T) {
+	t.Run("string", func(t *testing.T) { checkKeyType(t, "a", "b") })
+	t.Run("int", func(t *testing.T) { checkKeyType(t, 1, 2) })
+	t.Run("struct", func(t *testing.T) {
+		checkKeyType(t, tenantChannel{"acme", 1}, tenantChannel{"acme", 2})
+	})
+	t.Run("interface", func(t *testing.T) { checkKeyType[any](t, "a", 1) })
+	t.Run("pointer", func(t *testing.T) {
+		a, b := new(int), new(int)
+		checkKeyType(t, a, b)
+	})
+}
+
+func checkKeyType[K comparable](t *testing.T, a, b K) {
+	var m keyedlock.Map[K]
+	if !m.TryLock(a) {
+		t.Fatal("TryLock(a) failed on a free key")
+	}
+	copyOfA := a
+	if m.TryLock(copyOfA) {
+		t.Fatal("an equal key was not locked")
+	}
+	if !m.TryLock(b) {
+		t.Fatal("a distinct key was locked")
+	}
+	m.Unlock(a)
+	m.Unlock(b)
+	if m.Status(a).Held || m.Status(b).Held {
+		t.Fatal("keys still held after Unlock")
+	}
+}
+
+// TestDoUnlocksWhenFnPanics proves guarantee 8: Do cannot leave a key
+// locked, even if fn panics; the panic reaches the caller.
+func TestDoUnlocksWhenFnPanics(t *testing.T) {
+	var m keyedlock.Map[string]
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Fatalf("recovered %v, want boom", r)
+			}
+		}()
+		_ = m.Do(t.Context(), "k", func() error { panic("boom") })
+	}()
+	if m.Status("k").Held {
+		t.Fatal("key still held after fn panicked")
+	}
+	want := errors.New("agent failed")
+	if err := m.Do(t.Context(), "k", func() error { return want }); err != want {
+		t.Fatalf("Do returned %v, want fn's error", err)
+	}
+	if m.Status("k").Held {
+		t.Fatal("key still held after Do returned")
+	}
+}
+
+// TestWaitHookPanicReleasesKey: a panicking hook cannot leave a key locked.
+func TestWaitHookPanicReleasesKey(t *testing.T) {
+	m := keyedlock.New[string](keyedlock.WithWaitHook(func(time.Duration) { panic("hook") }))
+	ctx := t.Context()
+	if err := m.Lock(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	recovered := make(chan any, 1)
+	go func() {
+		defer func() { recovered <- recover() }()
+		_ = m.Lock(ctx, "k")
+	}()
+	waitUntil(t, "a waiter", func() bool { return m.Status("k").Waiters == 1 })
+	m.Unlock("k")
+	if r := <-recovered; r != "hook" {
+		t.Fatalf("recovered %v, want the hook's panic", r)
+	}
+	if st := m.Status("k"); st.Held {
+		t.Fatalf("key still held after the hook panicked: %+v", st)
+	}
+}
+
+// TestIdleKeysReturnMemory proves guarantee 5: after 1,000,000 distinct
+// keys were all held and then released, and again after a million more
+// were locked and released one by one, the live heap is back within 64 KiB
+// of what it was before the Map existed.
+func TestIdleKeysReturnMemory(t *testing.T) {
+	const n = 1_000_000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "channel-" + strconv.Itoa(i)
+	}
+	base := liveHeap()
+	m := keyedlock.New[string]()
+
+	for _, k := range keys {
+		if !m.TryLock(k) {
+			t.Fatalf("TryLock(%q) failed", k)
+		}
+	}
+	peak := liveHeap()
+	for _, k := range keys {
+		m.Unlock(k)
+	}
+	after := liveHeap()
+	t.Logf("heap: base %d, all held %d (+%d), all released %d (%+d)", base, peak, int64(peak)-int64(base), after, int64(after)-int64(base))
+	if grew := int64(after) - int64(base); grew > 64<<10 {
+		t.Fatalf("after releasing %d keys the heap is %d bytes above baseline, want ≤ 64 KiB", n, grew)
+	}
+
+	ctx := t.Context()
+	for _, k := range keys {
+		if err := m.Lock(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		m.Unlock(k)
+	}
+	after = liveHeap()
+	if grew := int64(after) - int64(base); grew > 64<<10 {
+		t.Fatalf("after locking and releasing %d keys one by one the heap is %d bytes above baseline, want ≤ 64 KiB", n, grew)
+	}
+	if st := m.Stats(); st.Held != 0 || st.Acquires != 2*n {
+		t.Fatalf("Stats = %+v", st)
+	}
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(keys)
+}
+
+func liveHeap() uint64 {
+	// Two cycles: the first may leave sync.Pool victims and finalizable
+	// objects for the second.
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestBotIncident_TwoMessagesInOneChannelNeverRunAtOnce replays the bot
+// incident: two messages arrive in one channel, each handled on its own
+// goroutine (as discordgo does). The second must not resume the agent
+// session while the first still runs, must see that it is waiting, and the
+// two must run in arrival order. A message in another channel is not held
+// up meanwhile.
+func TestBotIncident_TwoMessagesInOneChannelNeverRunAtOnce(t *testing.T) {
+	var channels keyedlock.Map[string]
+	ctx := t.Context()
+
+	type session struct {
+		inUse   atomic.Bool
+		replies []string // guarded by the channel's key
+	}
+	sessions := map[string]*session{"general": {}, "random": {}}
+	corrupted := make(chan string, 10)
+	release := map[string]chan struct{}{"msg-1": make(chan struct{})}
+	started := make(chan string, 10)
+
+	handle := func(channel, msg string) error {
+		return channels.Do(ctx, channel, func() error {
+			s := sessions[channel]
+			if !s.inUse.CompareAndSwap(false, true) {
+				corrupted <- msg // two runs resumed the same session
+			}
+			started <- msg
+			if gate := release[msg]; gate != nil {
+				<-gate // the agent is still thinking
+			}
+			s.replies = append(s.replies, "reply to "+msg)
+			s.inUse.Store(false)
+			return nil
+		})
+	}
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := handle("general", "msg-1"); err != nil {
+			t.Error(err)
+		}
+	})
+	if got := <-started; got != "msg-1" {
+		t.Fatalf("started %s, want msg-1", got)
+	}
+	// msg-2 arrives while msg-1's agent run is in progress.
+	if st := channels.Status("general"); !st.Held {
+		t.Fatal("channel not busy while its agent runs")
+	}
+	wg.Go(func() {
+		if err := handle("general", "msg-2"); err != nil {
+			t.Error(err)
+		}
+	})
+	waitUntil(t, "msg-2 queued", func() bool { return channels.Status("general").Waiters == 1 })
+
+	// Another channel proceeds while #general is busy.
+	if err := handle("random", "msg-3"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-started; got != "msg-3" {
+		t.Fatalf("started %s while #general was busy, want msg-3", got)
+	}
+
+	close(release["msg-1"])
+	wg.Wait()
+	close(started)
+	if got := <-started; got != "msg-2" {
+		t.Fatalf("after msg-1, started %s, want msg-2", got)
+	}
+	close(corrupted)
+	for msg := range corrupted {
+		t.Errorf("%s resumed a session that was already running", msg)
+	}
+	if got := sessions["general"].replies; len(got) != 2 || got[0] != "reply to msg-1" || got[1] != "reply to msg-2" {
+		t.Fatalf("#general replies = %q, want msg-1 then msg-2", got)
+	}
+}
