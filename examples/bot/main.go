@@ -1,0 +1,174 @@
+// Command bot routes chat-channel messages to one agent session per
+// channel: messages in a channel run strictly in arrival order and never
+// concurrently, different channels run in parallel. See README.md.
+//
+// Usage:
+//
+//	go run ./examples/bot                              # terminal chat, echo agent
+//	go run ./examples/bot -http 127.0.0.1:8081         # local web chat
+//	DISCORD_TOKEN=... go run ./examples/bot -discord-channels 123,456
+//	go run ./examples/bot -agent-cmd 'claude -p --resume {session} --output-format json {prompt}'
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/steadfast-go/steadfast/examples/bot/agent"
+	"github.com/steadfast-go/steadfast/examples/bot/chat"
+	"github.com/steadfast-go/steadfast/examples/bot/platform/discord"
+	"github.com/steadfast-go/steadfast/examples/bot/platform/terminal"
+	"github.com/steadfast-go/steadfast/examples/bot/platform/web"
+	"github.com/steadfast-go/steadfast/examples/bot/router"
+	"github.com/steadfast-go/steadfast/examples/bot/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "bot:", err)
+		os.Exit(1)
+	}
+}
+
+// hooks let in-process tests swap the agent and learn the web address.
+type hooks struct {
+	agent    agent.Agent    // replaces the agent chosen by flags
+	webReady func(net.Addr) // called once the web chat listens
+	router   func(*router.Router)
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return runWith(ctx, args, stdin, stdout, stderr, hooks{})
+}
+
+func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, h hooks) error {
+	fs := flag.NewFlagSet("bot", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		agentCmd     = fs.String("agent-cmd", "", "agent command template, e.g. 'claude -p --resume {session} --output-format json {prompt}' (placeholders: {prompt} {session} {model} {channel}); empty: built-in echo agent")
+		echoDelay    = fs.Duration("echo-delay", time.Second, "delay of the built-in echo agent, to make queuing visible")
+		timeout      = fs.Duration("timeout", router.DefaultTimeout, "per-run agent timeout; the agent's process group is killed when it expires")
+		sessions     = fs.String("sessions", store.DefaultPath(), "session store file (JSON, written atomically)")
+		httpAddr     = fs.String("http", "", "serve the local web chat on this address (e.g. 127.0.0.1:8081) instead of the terminal")
+		discordChans = fs.String("discord-channels", "", "comma-separated Discord channel ids to serve (default: every channel where the bot is mentioned); Discord is used when DISCORD_TOKEN is set")
+		model        = fs.String("model", "", "default model for channels without /model (passed as {model})")
+		typingEvery  = fs.Duration("typing-interval", router.DefaultTypingInterval, "typing indicator refresh interval")
+		showTyping   = fs.Bool("show-typing", false, "terminal: print a line when the typing indicator is refreshed")
+		drain        = fs.Duration("drain", 30*time.Second, "on SIGINT/SIGTERM, how long queued messages may still run before they are canceled")
+		logLevel     = fs.String("log-level", "info", "log level: debug, info, warn, error")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	var ag agent.Agent = &agent.Echo{Delay: *echoDelay}
+	if *agentCmd != "" {
+		c, err := agent.ParseTemplate(*agentCmd)
+		if err != nil {
+			return fmt.Errorf("-agent-cmd: %w", err)
+		}
+		ag = c
+	}
+	if h.agent != nil {
+		ag = h.agent
+	}
+
+	st, err := store.Open(*sessions)
+	if err != nil {
+		return err
+	}
+
+	var p chat.Platform
+	switch token := os.Getenv("DISCORD_TOKEN"); {
+	case token != "":
+		var chans []string
+		if *discordChans != "" {
+			chans = strings.Split(*discordChans, ",")
+		}
+		d, err := discord.New(discord.Config{Token: token, Channels: chans, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			d.Close(cctx)
+		}()
+		p = d
+	case *httpAddr != "":
+		w := web.New(*httpAddr, log)
+		addr, err := w.Listen()
+		if err != nil {
+			return err
+		}
+		if h.webReady != nil {
+			h.webReady(addr)
+		}
+		p = w
+	default:
+		t := terminal.New(stdin, stdout)
+		t.ShowTyping = *showTyping
+		p = t
+	}
+
+	r := router.New(router.Config{
+		Platform: p, Agent: ag, Store: st, Timeout: *timeout,
+		TypingInterval: *typingEvery, DefaultModel: *model, Logger: log,
+	})
+	log.Info("bot started", "platform", p.Name(), "agent", agentName(*agentCmd), "sessions", st.Path(), "timeout", *timeout)
+
+	runErr := p.Run(ctx, r)
+	if runErr != nil {
+		log.Error("platform stopped", "err", runErr)
+	}
+
+	// Input ended (end of file) or a signal arrived: answer what was
+	// admitted. After a signal, queued work gets -drain to finish; at end of
+	// input it runs to completion unless a signal arrives.
+	dctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(context.Background(), *drain)
+		defer cancel()
+	}
+	drainErr := r.Drain(dctx)
+	s := r.Stats()
+	log.Info("bot stopped", "runs", s.Runs, "failed", s.Failed, "timed_out", s.TimedOut,
+		"lock_acquires", s.Locks.Acquires, "lock_contended", s.Locks.Contended, "lock_wait", s.Locks.WaitTime)
+	if errors.Is(drainErr, context.DeadlineExceeded) || errors.Is(drainErr, context.Canceled) {
+		log.Warn("shutdown canceled queued work", "err", drainErr)
+		drainErr = nil
+	}
+	return errors.Join(runErr, drainErr)
+}
+
+func agentName(cmd string) string {
+	if cmd == "" {
+		return "echo"
+	}
+	return strings.Fields(cmd)[0]
+}
