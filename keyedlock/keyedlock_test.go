@@ -698,3 +698,63 @@ func TestBotIncident_TwoMessagesInOneChannelNeverRunAtOnce(t *testing.T) {
 		t.Fatalf("#general replies = %q, want msg-1 then msg-2", got)
 	}
 }
+
+// TestWaitersAcrossSynctestBubbles guards against wait state that is
+// recycled from one synctest bubble into another or out of it. An earlier
+// version pooled per-waiter channels: a channel made in one bubble was
+// reused in the next, so synctest.Wait never saw the waiter as blocked, and
+// reuse outside a bubble crashed with "select on synctest channel from
+// outside bubble". Users test their own code with synctest, so a Map must
+// work in any number of bubbles, one after another, and outside them.
+func TestWaitersAcrossSynctestBubbles(t *testing.T) {
+	contend := func(t *testing.T, m *keyedlock.Map[string], inBubble bool) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := m.Lock(ctx, "k"); err != nil {
+			t.Fatalf("Lock: %v", err)
+		}
+		// One waiter with a cancelable context (it gets a watcher), one
+		// without: both kinds of wait state are exercised.
+		// Each waiter releases the key as soon as it has it, so the test
+		// does not depend on which of the two queued first.
+		lockThenUnlock := func(ctx context.Context) <-chan error {
+			res := make(chan error, 1)
+			go func() {
+				err := m.Lock(ctx, "k")
+				if err == nil {
+					m.Unlock("k")
+				}
+				res <- err
+			}()
+			return res
+		}
+		first := lockThenUnlock(ctx)
+		second := lockThenUnlock(context.Background())
+		if inBubble {
+			synctest.Wait() // returns only once both waiters are durably blocked
+		} else {
+			waitUntil(t, "2 waiters", func() bool { return m.Status("k").Waiters == 2 })
+		}
+		if got := m.Status("k"); !got.Held || got.Waiters != 2 {
+			t.Fatalf("Status = %+v, want held with 2 waiters", got)
+		}
+		m.Unlock("k")
+		for _, res := range []<-chan error{first, second} {
+			if err := <-res; err != nil {
+				t.Fatalf("waiter: %v", err)
+			}
+		}
+		if got := m.Status("k"); got.Held || got.Waiters != 0 {
+			t.Fatalf("Status after release = %+v, want idle", got)
+		}
+	}
+	shared := keyedlock.New[string]()
+	for range 3 {
+		synctest.Test(t, func(t *testing.T) {
+			contend(t, keyedlock.New[string](), true)
+		})
+		// Wait state parked inside a bubble must be safe to reuse outside.
+		contend(t, shared, false)
+	}
+}
