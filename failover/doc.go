@@ -27,6 +27,9 @@
 //     ignores its context, delays neither Pick, nor the other checks, nor
 //     Close.
 //   - A target that never reported is Unknown, never healthy.
+//   - When no target is healthy, Pick keeps returning the last selection
+//     with ok=false; checks go on, backing off up to MaxBackoff while none
+//     succeeds, and back at the normal interval as soon as one does.
 //   - Optional lag checking: a check can report a head (for a chain node, its
 //     block number); a target too far behind the reference head is
 //     unhealthy, and one target reporting an absurd head cannot make the

@@ -49,6 +49,10 @@ type Health struct {
 
 // CheckFunc checks one target. It must honour ctx, which carries the check
 // timeout and is cancelled by Close; a nil error means the target answered.
+// The group calls it from its own goroutines with no lock held, concurrently
+// for different targets but never twice at once for the same target, and
+// recovers a panic as a failure wrapping ErrCheckPanicked. It may call the
+// Group's methods other than Close (which would wait for it).
 type CheckFunc[T any] func(ctx context.Context, target T) (Health, error)
 
 // State is a target's health as the group sees it.
@@ -82,7 +86,8 @@ func (s State) String() string {
 type Reason uint8
 
 const (
-	// Initial: the first selection (Change.FromIndex is -1).
+	// Initial: the first selection made by the checks (Change.FromIndex is
+	// -1). A first selection made by Force or Drain has reason Manual.
 	Initial Reason = iota
 	// CurrentUnhealthy: the selected target became unhealthy.
 	CurrentUnhealthy
@@ -113,7 +118,7 @@ func (r Reason) String() string {
 // previous To.
 type Change[T any] struct {
 	From, To           T
-	FromIndex, ToIndex int // FromIndex is -1 for the Initial change
+	FromIndex, ToIndex int // FromIndex is -1 for the first change (From is then the zero T)
 	Reason             Reason
 	// Seq numbers the changes of a group 1, 2, 3...; it is the Seq of the
 	// newest change merged into this one.
@@ -180,7 +185,8 @@ type targetState struct {
 //   - When no target is eligible the selection stays where it was (or on
 //     the primary if nothing was ever selected) and Pick reports ok=false.
 //     Checks continue; the pause between rounds doubles up to MaxBackoff
-//     until a target is healthy again.
+//     while no check succeeds, and returns to the interval as soon as one
+//     does, so a recovering target reaches Rise at the normal pace.
 //   - Force pins the selection to one target regardless of health until
 //     Unforce.
 //
@@ -188,8 +194,9 @@ type targetState struct {
 // a reference head: the highest reported head H such that at least
 // HeadQuorum targets (or all reporting targets, if fewer) report a head of at
 // least H-n. A target whose head is more than n below the reference counts
-// as a failed check (with an error wrapping ErrLagging). So one target reporting an absurd head cannot drag the
-// reference up on its own: it needs HeadQuorum-1 others that agree with it.
+// as a failed check (with an error wrapping ErrLagging). So one target
+// reporting an absurd head cannot drag the reference up on its own: it needs
+// HeadQuorum-1 others that agree with it.
 // A target ahead of the reference is never lagging. With two targets that
 // disagree by more than n and the default quorum of 2, the lower head is the
 // reference and neither is lagging; WithHeadQuorum(1) trusts the highest head.
@@ -219,13 +226,15 @@ type Group[T any] struct {
 	subs       map[*subscriber[T]]struct{}
 	closed     bool
 	running    int           // check calls that have not returned
-	drained    chan struct{} // closed when running reaches 0 after Close
+	checksDone chan struct{} // closed when running reaches 0 after Close
+
+	closeDone chan struct{} // closed when the first Close returns
 }
 
 // New creates a group over targets, listed in priority order (primary
-// first), and starts checking them at once. It does not wait for the first
-// round: until a target has reported, Pick returns the primary with
-// ok=false. check must not be nil.
+// first), and starts checking them at once (nil options are ignored). It
+// does not wait for the first round: until a target has reported, Pick
+// returns the primary with ok=false. check must not be nil.
 //
 // New returns an error wrapping ErrNoTargets when targets is empty, and one
 // wrapping ErrInvalidOption for an out-of-range option.
@@ -258,6 +267,8 @@ func New[T any](targets []T, check CheckFunc[T], opts ...Option) (*Group[T], err
 		cur:     -1,
 		forced:  -1,
 		subs:    make(map[*subscriber[T]]struct{}),
+
+		closeDone: make(chan struct{}),
 	}
 	g.wg.Add(1)
 	go g.run(ctx)
@@ -267,8 +278,14 @@ func New[T any](targets []T, check CheckFunc[T], opts ...Option) (*Group[T], err
 // Len returns the number of targets.
 func (g *Group[T]) Len() int { return len(g.targets) }
 
-// Target returns the target at index i. It panics if i is out of range.
-func (g *Group[T]) Target(i int) T { return g.targets[i] }
+// Target returns the target at index i. It panics if i is out of range
+// (use Len; every index Pick, Status and Change report is in range).
+func (g *Group[T]) Target(i int) T {
+	if i < 0 || i >= len(g.targets) {
+		panic(fmt.Sprintf("failover: Target(%d) out of range [0, %d)", i, len(g.targets)))
+	}
+	return g.targets[i]
+}
 
 // Pick returns the selected target and whether it is healthy. When ok is
 // false no target is eligible and Pick returns the last selected target (or
@@ -451,20 +468,23 @@ func (g *Group[T]) Subscribe() (<-chan Change[T], func()) {
 // returns an error wrapping ErrChecksAbandoned if a check ignores its
 // context: those calls finish in the background and their results are
 // discarded. Pick keeps returning the last selection after Close. Close is
-// idempotent; later calls return nil.
+// idempotent: later calls, concurrent ones included, wait until the first
+// has returned and then return nil.
 func (g *Group[T]) Close() error {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
+		<-g.closeDone
 		return nil
 	}
 	g.closed = true
+	defer close(g.closeDone)
 	subs := g.subs
 	g.subs = nil
 	if g.running > 0 {
-		g.drained = make(chan struct{})
+		g.checksDone = make(chan struct{})
 	}
-	drained := g.drained
+	checksDone := g.checksDone
 	g.mu.Unlock()
 
 	g.cancel()
@@ -472,13 +492,13 @@ func (g *Group[T]) Close() error {
 		close(s.done)
 	}
 	g.wg.Wait()
-	if drained == nil {
+	if checksDone == nil {
 		return nil
 	}
 	t := time.NewTimer(g.cfg.timeout)
 	defer t.Stop()
 	select {
-	case <-drained:
+	case <-checksDone:
 		return nil
 	case <-t.C:
 		g.mu.Lock()
@@ -502,19 +522,28 @@ func (g *Group[T]) run(ctx context.Context) {
 		case <-timer.C:
 		}
 		start := time.Now()
-		anyHealthy := g.round(ctx)
+		progress := g.round(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		next := g.cfg.interval
-		if anyHealthy {
+		if progress {
 			backoff = g.cfg.interval
 		} else {
 			next = max(backoff, g.cfg.interval)
-			backoff = min(backoff*2, g.cfg.maxBackoff)
+			backoff = double(backoff, g.cfg.maxBackoff)
 		}
 		timer.Reset(max(0, next-time.Since(start)))
 	}
+}
+
+// double returns 2d capped at limit, without overflowing for a limit near
+// the largest Duration.
+func double(d, limit time.Duration) time.Duration {
+	if d > limit/2 {
+		return limit
+	}
+	return 2 * d
 }
 
 type result struct {
@@ -524,7 +553,9 @@ type result struct {
 }
 
 // round runs one check per target concurrently and applies the results
-// together. It reports whether any target is healthy afterwards.
+// together. It reports whether any target is healthy afterwards or any
+// check succeeded (a recovering target): only rounds without either back
+// off, so the end of a total outage is acted on at the normal pace.
 func (g *Group[T]) round(ctx context.Context) bool {
 	n := len(g.targets)
 	results := make([]result, n)
@@ -600,8 +631,8 @@ func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
 		g.mu.Lock()
 		g.st[i].inflight = false
 		g.running--
-		if g.running == 0 && g.drained != nil {
-			close(g.drained)
+		if g.running == 0 && g.checksDone != nil {
+			close(g.checksDone)
 		}
 		g.mu.Unlock()
 	}()
@@ -615,7 +646,8 @@ func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
 	}
 }
 
-// apply records a round's results and reselects.
+// apply records a round's results and reselects. It reports whether the
+// round made progress (see round).
 func (g *Group[T]) apply(results []result) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -634,7 +666,7 @@ func (g *Group[T]) apply(results []result) bool {
 		}
 		ref = referenceHead(heads, g.cfg.maxLag, g.cfg.headQuorum)
 	}
-	anyHealthy := false
+	progress := false
 	for _, r := range results {
 		err := r.err
 		if err == nil {
@@ -650,10 +682,10 @@ func (g *Group[T]) apply(results []result) bool {
 			}
 		}
 		g.record(r.i, err, now)
-		anyHealthy = anyHealthy || g.st[r.i].state == Healthy
+		progress = progress || err == nil || g.st[r.i].state == Healthy
 	}
 	g.reselect(now, false)
-	return anyHealthy
+	return progress
 }
 
 // referenceHead returns the highest head h such that at least

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -378,6 +380,7 @@ func TestIssue4_NoLockHeldDuringCheckIO(t *testing.T) {
 	select {
 	case <-done:
 	case <-guard.C:
+		f.release() // so a regressed group can still be closed
 		t.Fatal("Pick/Status/Drain blocked while a check hangs")
 	}
 	// The hung primary is failed by the timeout and the backup chosen.
@@ -388,6 +391,7 @@ func TestIssue4_NoLockHeldDuringCheckIO(t *testing.T) {
 				goto switched
 			}
 		case <-guard.C:
+			f.release()
 			t.Fatal("no failover away from a hung primary")
 		}
 	}
@@ -568,9 +572,20 @@ func TestAllUnhealthyKeepsLastAndBacksOff(t *testing.T) {
 				t.Fatalf("gaps between rounds %v: gap %d = %v, want %v", times, k, gap, want[k])
 			}
 		}
-		// Recovery: back to the normal interval once something is healthy.
+		// Recovery: the first success already ends the backoff, so the Rise
+		// (default 2) successes come one interval apart, not maxBackoff.
 		f.set(1, up)
-		waitPick(t, g, 1, maxBackoff+time.Second)
+		before := f.callCount(1)
+		took := waitPick(t, g, 1, maxBackoff+time.Second)
+		f.mu.Lock()
+		times = append([]time.Duration(nil), f.times[1][before:]...)
+		f.mu.Unlock()
+		if len(times) < 2 || times[1]-times[0] != interval {
+			t.Fatalf("check times after recovery %v: want the second success one interval (%v) after the first", times, interval)
+		}
+		if bound := maxBackoff + (DefaultRise-1)*interval; took > bound {
+			t.Fatalf("recovery from a total outage took %v, want <= %v", took, bound)
+		}
 		n := f.callCount(1)
 		time.Sleep(10 * interval)
 		synctest.Wait()
@@ -952,4 +967,150 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
+}
+
+func TestTargetOutOfRangePanicsWithPrefix(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := mustNew(t, newFake(2))
+		if g.Len() != 2 || g.Target(1) != 1 {
+			t.Fatalf("Len %d, Target(1) %d", g.Len(), g.Target(1))
+		}
+		for _, i := range []int{-1, 2} {
+			func() {
+				defer func() {
+					if r := recover(); r == nil || !strings.HasPrefix(fmt.Sprint(r), "failover: ") {
+						t.Errorf("Target(%d) recovered %v, want a failover: panic", i, r)
+					}
+				}()
+				g.Target(i)
+			}()
+		}
+		closeGroup(t, g)
+	})
+}
+
+// An operator action before the first check result makes the first
+// selection: it is announced with FromIndex -1 and reason Manual.
+func TestForceBeforeFirstResult(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(2)
+		f.set(0, hang)
+		f.set(1, hang)
+		g := mustNew(t, f)
+		changes, cancel := g.Subscribe()
+		defer cancel()
+		if err := g.Force(1); err != nil {
+			t.Fatal(err)
+		}
+		wantPick(t, g, 1, false)
+		if c := <-changes; c.FromIndex != -1 || c.ToIndex != 1 || c.From != 0 || c.Reason != Manual {
+			t.Fatalf("first change %+v, want -1 -> 1 (manual)", c)
+		}
+		f.release()
+		synctest.Wait()
+		wantPick(t, g, 1, true)
+		closeGroup(t, g)
+	})
+}
+
+// Checks and subscribers may call back into the group: no lock is held
+// while either runs (a regression deadlocks, and go test -timeout reports it).
+func TestCallbacksMayCallBackIntoGroup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g *Group[int]
+		ready := make(chan struct{})
+		var reported atomic.Int64
+		check := func(ctx context.Context, i int) (Health, error) {
+			<-ready
+			_ = g.Status()
+			g.Pick()
+			if i == 0 {
+				reported.Add(1)
+				if err := g.ReportFailure(0, errDown); err != nil {
+					return Health{}, err
+				}
+			}
+			return Health{}, nil
+		}
+		var err error
+		g, err = New(targets(2), check, WithFall(1), WithRise(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes, cancel := g.Subscribe()
+		defer cancel()
+		close(ready)
+		c := <-changes // from inside the subscriber's loop, operate the group
+		if err := g.Drain(c.ToIndex); err != nil {
+			t.Fatal(err)
+		}
+		if c2 := <-changes; c2.Reason != Manual || c2.FromIndex != c.ToIndex {
+			t.Fatalf("change after Drain from the subscriber: %+v", c2)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if reported.Load() == 0 {
+			t.Fatal("the check never ran")
+		}
+		closeGroup(t, g)
+	})
+}
+
+// Pick is on every request's path: it must not allocate (issue #6 target).
+func TestPickDoesNotAllocate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := mustNew(t, newFake(3))
+		synctest.Wait()
+		if n := testing.AllocsPerRun(100, func() {
+			g.Pick()
+			g.PickIndex()
+		}); n != 0 {
+			t.Fatalf("Pick allocates %v times per call", n)
+		}
+		closeGroup(t, g)
+	})
+}
+
+func TestBackoffDoublingDoesNotOverflow(t *testing.T) {
+	for _, c := range []struct{ d, limit, want time.Duration }{
+		{time.Second, 4 * time.Second, 2 * time.Second},
+		{3 * time.Second, 4 * time.Second, 4 * time.Second},
+		{time.Second, 0, 0}, // backoff disabled
+		{math.MaxInt64/2 + 1, math.MaxInt64, math.MaxInt64},
+		{math.MaxInt64, math.MaxInt64, math.MaxInt64},
+	} {
+		if got := double(c.d, c.limit); got != c.want {
+			t.Errorf("double(%v, %v) = %v, want %v", c.d, c.limit, got, c.want)
+		}
+	}
+}
+
+// A second Close, while the first waits for a check that ignores its
+// context, returns only once the first has finished.
+func TestConcurrentCloseWaitsForTheFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(2)
+		f.set(0, hang)
+		timeout := 400 * time.Millisecond
+		g := mustNew(t, f, WithTimeout(timeout))
+		changes, cancel := g.Subscribe()
+		defer cancel()
+		synctest.Wait()
+		start := time.Now()
+		first := make(chan error, 1)
+		go func() { first <- g.Close() }()
+		synctest.Wait() // the first Close waits for the hung check
+		if err := g.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		if took := time.Since(start); took != timeout {
+			t.Fatalf("second Close returned after %v, want after the first (%v)", took, timeout)
+		}
+		if err := <-first; !errors.Is(err, ErrChecksAbandoned) {
+			t.Fatalf("first Close: %v", err)
+		}
+		for range changes { // closed by Close: the loop ends
+		}
+		f.release()
+	})
 }

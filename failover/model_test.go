@@ -29,6 +29,7 @@ type model struct {
 	forced     int
 	now        time.Duration
 	lastChange time.Duration
+	changes    []Change[int] // changes subscribers must still receive (From/To, Reason, At as offset)
 }
 
 func (m *model) record(i int, ok bool) {
@@ -81,9 +82,9 @@ func (m *model) round() {
 func (m *model) eligible(i int) bool { return m.state[i] == Healthy && !m.drained[i] }
 
 func (m *model) reselect(manual bool) {
-	next := m.cur
+	next, reason := m.cur, Initial
 	if m.forced >= 0 {
-		next = m.forced
+		next, reason = m.forced, Manual
 	} else {
 		best := -1
 		for i := range m.state {
@@ -93,12 +94,20 @@ func (m *model) reselect(manual bool) {
 			}
 		}
 		if best >= 0 && best != m.cur {
-			if m.cur < 0 || !m.eligible(m.cur) || manual || m.now-m.lastChange >= m.dwell {
-				next = best
+			switch {
+			case manual:
+				next, reason = best, Manual
+			case m.cur < 0:
+				next, reason = best, Initial
+			case !m.eligible(m.cur):
+				next, reason = best, CurrentUnhealthy
+			case m.now-m.lastChange >= m.dwell:
+				next, reason = best, BetterAvailable
 			}
 		}
 	}
 	if next != m.cur {
+		m.changes = append(m.changes, Change[int]{From: max(m.cur, 0), To: next, FromIndex: m.cur, ToIndex: next, Reason: reason, At: time.Time{}.Add(m.now)})
 		m.cur, m.lastChange = next, m.now
 	}
 }
@@ -156,6 +165,12 @@ func TestModel(t *testing.T) {
 			synctest.Wait() // round 0
 			m.round()
 			start := time.Now()
+			// Subscribe after round 0 (whose Initial change may already be
+			// gone); every later change must reach the subscriber, in order.
+			changes, cancel := g.Subscribe()
+			defer cancel()
+			m.changes = nil
+			var lastSeq uint64
 
 			idx := rapid.IntRange(0, n-1)
 			rt.Repeat(map[string]func(*rapid.T){
@@ -236,6 +251,32 @@ func TestModel(t *testing.T) {
 					if i, ok := g.PickIndex(); i != wantI || ok != wantOK {
 						rt.Fatalf("PickIndex = (%d, %v), model (%d, %v); model %+v", i, ok, wantI, wantOK, m)
 					}
+					// Receive what was delivered so far: after synctest.Wait the
+					// delivery goroutine is either blocked handing over a change
+					// or idle.
+					var got []Change[int]
+					for more := true; more; {
+						synctest.Wait()
+						select {
+						case c := <-changes:
+							got = append(got, c)
+						default:
+							more = false
+						}
+					}
+					if len(got) != len(m.changes) {
+						rt.Fatalf("subscriber got %d changes %+v, model %d %+v", len(got), got, len(m.changes), m.changes)
+					}
+					for k, c := range got {
+						w := m.changes[k]
+						if c.FromIndex != w.FromIndex || c.ToIndex != w.ToIndex || c.From != w.From || c.To != w.To ||
+							c.Reason != w.Reason || c.Coalesced != 0 || c.At.Sub(start) != w.At.Sub(time.Time{}) ||
+							(lastSeq != 0 && c.Seq != lastSeq+1) {
+							rt.Fatalf("change %d = %+v, model %+v (previous seq %d)", k, c, w, lastSeq)
+						}
+						lastSeq = c.Seq
+					}
+					m.changes = nil
 					for i, s := range g.Status() {
 						if s.State != m.state[i] || s.Successes != m.succ[i] || s.Failures != m.fail[i] || s.Drained != m.drained[i] || s.Lag != m.lag[i] {
 							rt.Fatalf("target %d: %+v; model state %v succ %d fail %d drained %v lag %d",

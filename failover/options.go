@@ -11,13 +11,13 @@ import (
 // and a dead current target is left within
 // DefaultFall×DefaultInterval + DefaultTimeout (1.9 s).
 const (
-	DefaultInterval   = 500 * time.Millisecond
-	DefaultTimeout    = 400 * time.Millisecond
-	DefaultRise       = 2
-	DefaultFall       = 3
-	DefaultMinDwell   = 0
-	DefaultMaxBackoff = 4 * time.Second
-	DefaultHeadQuorum = 2
+	DefaultInterval   = 500 * time.Millisecond // see WithInterval
+	DefaultTimeout    = 400 * time.Millisecond // see WithTimeout
+	DefaultRise       = 2                      // see WithRise
+	DefaultFall       = 3                      // see WithFall
+	DefaultMinDwell   = 0                      // see WithMinDwell
+	DefaultMaxBackoff = 4 * time.Second        // see WithMaxBackoff
+	DefaultHeadQuorum = 2                      // see WithHeadQuorum
 	// DefaultSubscriberBuffer is the number of undelivered changes a
 	// subscriber may have pending before the newest ones are coalesced.
 	DefaultSubscriberBuffer = 64
@@ -131,8 +131,10 @@ func WithMinDwell(d time.Duration) Option {
 
 // WithMaxBackoff caps the growing pause between check rounds while no target
 // is healthy (default DefaultMaxBackoff). The pause starts at the interval
-// and doubles each round up to this cap; it returns to the interval as soon
-// as any target is healthy. A value below the interval disables backoff.
+// and doubles after each round in which no check succeeded, up to this cap;
+// it returns to the interval as soon as any check succeeds, so a target that
+// recovers from a total outage needs Rise rounds at the normal interval, not
+// at the backed-off one. A value below the interval disables backoff.
 func WithMaxBackoff(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d < 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -23,7 +24,8 @@ type queueModel struct {
 	q        *replayqueue.Queue[string]
 	policy   replayqueue.Overflow
 	maxItems int
-	maxBytes int
+	maxBytes int  // math.MaxInt without a byte bound
+	noBytes  bool // no WithMaxBytes: the queue's unsized fast path
 
 	// What the queue actually did.
 	log       []string // everything every connection was sent, in order
@@ -95,7 +97,7 @@ func (m *queueModel) bufBytes() int {
 }
 
 func (m *queueModel) fits(n int) bool {
-	return len(m.buf) < m.maxItems && m.bufBytes()+n <= m.maxBytes
+	return len(m.buf) < m.maxItems && (m.noBytes || m.bufBytes()+n <= m.maxBytes)
 }
 
 // failPending is the model of a connection going away with kind.
@@ -384,7 +386,11 @@ func (m *queueModel) Fail(t *rapid.T) {
 
 func (m *queueModel) Check(t *rapid.T) {
 	st := m.q.Stats()
-	if st.Buffered != len(m.buf) || st.Bytes != m.bufBytes() {
+	wantBytes := m.bufBytes()
+	if m.noBytes {
+		wantBytes = 0 // nothing is sized without WithMaxBytes
+	}
+	if st.Buffered != len(m.buf) || st.Bytes != wantBytes {
 		t.Fatalf("buffer: %d items %d bytes, model %v", st.Buffered, st.Bytes, m.buf)
 	}
 	if st.Buffered > m.maxItems || st.Bytes > m.maxBytes {
@@ -456,9 +462,13 @@ func checkModel(t *rapid.T) {
 			pending:   map[replayqueue.ReplayID]string{},
 			remaining: -1,
 		}
+		byteBound := replayqueue.WithMaxBytes(m.maxBytes, m.size)
+		if m.noBytes = rapid.Bool().Draw(t, "noBytes"); m.noBytes {
+			m.maxBytes, byteBound = math.MaxInt, nil // New skips a nil Option
+		}
 		m.q = replayqueue.New[string](
 			replayqueue.WithMaxItems(m.maxItems),
-			replayqueue.WithMaxBytes(m.maxBytes, m.size),
+			byteBound,
 			replayqueue.WithOverflow(m.policy),
 			replayqueue.WithReplayTimeout(modelReplayTimeout),
 			replayqueue.WithDropped(func(s string, reason error) {

@@ -24,7 +24,9 @@ const (
 	OverflowError Overflow = iota
 	// OverflowDropOldest evicts the oldest buffered items until the new
 	// one fits. Every evicted item is reported to the [WithDropped]
-	// callback with reason [ErrEvicted].
+	// callback with reason [ErrEvicted], and counted in Stats.Dropped.
+	// Without WithDropped the count is the only trace: register the
+	// callback whenever an evicted item matters.
 	OverflowDropOldest
 	// OverflowBlock makes Send wait, under its context, until the buffer
 	// has room (after a reconnect flushed it), the queue connects, or the

@@ -134,13 +134,15 @@ type Queue[T any] struct {
 	nStale  uint64
 }
 
-// New returns an empty, disconnected Queue configured by opts. It panics if
-// a [WithMaxBytes] size function or a [WithDropped] callback is not for
-// element type T.
+// New returns an empty, disconnected Queue configured by opts (nil options
+// are ignored). It panics if a [WithMaxBytes] size function or a
+// [WithDropped] callback is not for element type T.
 func New[T any](opts ...Option) *Queue[T] {
 	var c config
 	for _, o := range opts {
-		o.apply(&c)
+		if o != nil {
+			o.apply(&c)
+		}
 	}
 	q := &Queue[T]{
 		maxItems: c.maxItems,
@@ -181,10 +183,11 @@ func (q *Queue[T]) replayTimeout() time.Duration {
 
 // Generation returns the connection generation. It starts at 0 and grows by
 // one on every change of connection: Connect, Disconnect, a send failure
-// that disconnects, and Fail of a connected queue. It is odd exactly while
-// the queue is connected, so a callback that captured the generation
-// returned by [Queue.Connect] can recognise that its connection is gone.
-// Lock-free.
+// that disconnects (also during Connect), and Fail of a connected queue. It
+// is odd while the queue is connected (and while Connect is sending the
+// replay set and the buffer), even otherwise, so a callback that captured
+// the generation returned by [Queue.Connect] can recognise that its
+// connection is gone. Lock-free.
 func (q *Queue[T]) Generation() uint64 { return q.gen.Load() }
 
 // Connected reports whether the queue currently has a connection.
@@ -345,7 +348,9 @@ func (q *Queue[T]) fits(n int) bool {
 	if q.buf.len() >= q.limitItems() {
 		return false
 	}
-	return q.maxBytes == 0 || q.bytes+n <= q.maxBytes
+	// Subtract rather than add: q.bytes+n can overflow when the bound is
+	// near math.MaxInt, and 0 <= n <= maxBytes and q.bytes <= maxBytes here.
+	return q.maxBytes == 0 || n <= q.maxBytes-q.bytes
 }
 
 // wakeLocked wakes every Send blocked waiting for room.
@@ -542,14 +547,14 @@ func (q *Queue[T]) RemoveReplay(key string) bool {
 }
 
 func (q *Queue[T]) removeReplayLocked(key string) bool {
-	for i := range q.replays {
-		if q.replays[i].key == key {
-			q.replays = append(q.replays[:i], q.replays[i+1:]...)
-			q.replays[len(q.replays):cap(q.replays)][0] = replayEntry[T]{}
-			return true
-		}
+	i := slices.IndexFunc(q.replays, func(r replayEntry[T]) bool { return r.key == key })
+	if i < 0 {
+		return false
 	}
-	return false
+	// slices.Delete zeroes the vacated slot, so the removed entry's
+	// closures are not kept alive.
+	q.replays = slices.Delete(q.replays, i, i+1)
+	return true
 }
 
 // ReplayKeys returns the keys of the replay set in registration order.
