@@ -25,8 +25,9 @@ const (
 	// OverflowDropOldest evicts the oldest buffered items until the new
 	// one fits. Every evicted item is reported to the [WithDropped]
 	// callback with reason [ErrEvicted], and counted in Stats.Dropped.
-	// Without WithDropped the count is the only trace: register the
-	// callback whenever an evicted item matters.
+	// Without WithDropped each eviction is logged with [log/slog]'s
+	// default logger at Warn level (the count, not the items), so no
+	// eviction is silent; register the callback to handle the items.
 	OverflowDropOldest
 	// OverflowBlock makes Send wait, under its context, until the buffer
 	// has room (after a reconnect flushed it), the queue connects, or the

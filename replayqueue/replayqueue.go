@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -334,13 +335,24 @@ func (q *Queue[T]) bufferSlow(ctx context.Context, item T, fails []callback[T]) 
 	}
 	q.mu.Unlock()
 	q.runFails(fails)
-	if q.dropped != nil && nEvicted > 0 {
-		q.dropped(first, ErrEvicted)
-		for _, it := range evicted {
-			q.dropped(it, ErrEvicted)
-		}
+	if nEvicted > 0 {
+		q.reportEvicted(first, evicted, nEvicted)
 	}
 	return err
+}
+
+// reportEvicted hands evicted items to the WithDropped callback or, when
+// there is none, logs them, so that no eviction is ever silent.
+func (q *Queue[T]) reportEvicted(first T, rest []T, n int) {
+	if q.dropped == nil {
+		slog.Warn("replayqueue: buffered items evicted (OverflowDropOldest); register WithDropped to handle them",
+			"evicted", n, "reason", ErrEvicted)
+		return
+	}
+	q.dropped(first, ErrEvicted)
+	for _, it := range rest {
+		q.dropped(it, ErrEvicted)
+	}
 }
 
 // fits reports whether an item of size n fits in the buffer now.

@@ -1,10 +1,12 @@
 package replayqueue_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math"
 	"slices"
@@ -978,4 +980,35 @@ func TestSteadyStateDoesNotAllocate(t *testing.T) {
 		t.Fatalf("a buffer/flush cycle of 64 items allocates %v times", n)
 	}
 	q.Close()
+}
+
+// TestEvictionWithoutCallbackIsLogged: with OverflowDropOldest and no
+// WithDropped callback, an eviction still leaves a trace in the log, so no
+// item is dropped silently.
+func TestEvictionWithoutCallbackIsLogged(t *testing.T) {
+	var buf bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer slog.SetDefault(old)
+
+	q := replayqueue.New[string](
+		replayqueue.WithMaxItems(2),
+		replayqueue.WithOverflow(replayqueue.OverflowDropOldest),
+	)
+	defer q.Close()
+	for _, s := range []string{"a", "b", "c", "d"} {
+		if err := q.Send(context.Background(), s); err != nil {
+			t.Fatalf("Send(%q): %v", s, err)
+		}
+	}
+	if got := q.Stats().Dropped; got != 2 {
+		t.Fatalf("Stats().Dropped = %d, want 2", got)
+	}
+	logged := buf.String()
+	if n := strings.Count(logged, "evicted=1"); n != 2 {
+		t.Fatalf("want one warning per evicting Send (2), got %d in log:\n%s", n, logged)
+	}
+	if !strings.Contains(logged, "level=WARN") {
+		t.Fatalf("eviction not logged at Warn:\n%s", logged)
+	}
 }
