@@ -1,0 +1,201 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/steadfast-go/steadfast/examples/proxy/proxy"
+)
+
+// options are the parsed command line.
+type options struct {
+	listen    string
+	demo      bool
+	blockTime time.Duration // -demo only
+	logLevel  slog.Level
+	cfg       proxy.Config
+}
+
+// upstreamFlags collects repeated -upstream NAME=HTTP_URL,WS_URL flags.
+type upstreamFlags []proxy.Upstream
+
+func (u *upstreamFlags) String() string {
+	parts := make([]string, len(*u))
+	for i, x := range *u {
+		parts[i] = x.Name + "=" + x.HTTPURL + "," + x.WSURL
+	}
+	return strings.Join(parts, " ")
+}
+
+func (u *upstreamFlags) Set(v string) error {
+	x, err := parseUpstream(v)
+	if err != nil {
+		return err
+	}
+	*u = append(*u, x)
+	return nil
+}
+
+func parseUpstream(v string) (proxy.Upstream, error) {
+	name, urls, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL,WS_URL", v)
+	}
+	httpURL, wsURL, ok := strings.Cut(urls, ",")
+	if !ok || httpURL == "" || wsURL == "" {
+		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL,WS_URL (both URLs)", v)
+	}
+	return proxy.Upstream{Name: name, HTTPURL: strings.TrimSpace(httpURL), WSURL: strings.TrimSpace(wsURL)}, nil
+}
+
+// fileConfig is the -config file's JSON shape. Durations are Go duration
+// strings ("500ms"). Flags given on the command line win over the file.
+type fileConfig struct {
+	Listen    string `json:"listen"`
+	Upstreams []struct {
+		Name string `json:"name"`
+		HTTP string `json:"http"`
+		WS   string `json:"ws"`
+	} `json:"upstreams"`
+	CheckInterval  string `json:"check_interval"`
+	CheckTimeout   string `json:"check_timeout"`
+	MaxLag         *int64 `json:"max_lag"`
+	RequestTimeout string `json:"request_timeout"`
+	SwitchTimeout  string `json:"switch_timeout"`
+	QueueSize      int    `json:"queue_size"`
+}
+
+const usageText = `Usage: proxy [flags]
+
+An Ethereum JSON-RPC proxy (HTTP and WebSocket on one address) with failover
+and failback between execution nodes, whose WebSocket subscriptions survive
+upstream switches with the client's subscription ids unchanged.
+
+Try it without any node:  go run ./examples/proxy -demo
+
+Flags:
+`
+
+// parseArgs parses the command line. Errors name the offending flag.
+func parseArgs(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var ups upstreamFlags
+	var configPath, level string
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8545", "address for JSON-RPC over HTTP and WebSocket, and GET /metrics")
+	fs.Var(&ups, "upstream", "upstream `NAME=HTTP_URL,WS_URL`; repeat it, primary first")
+	fs.StringVar(&configPath, "config", "", "JSON config `file` (upstreams and settings; flags override it)")
+	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", proxy.DefaultCheckInterval, "time between health checks (eth_blockNumber)")
+	fs.DurationVar(&o.cfg.CheckTimeout, "check-timeout", proxy.DefaultCheckTimeout, "timeout of one health check")
+	fs.Int64Var(&o.cfg.MaxLag, "max-lag", proxy.DefaultMaxLag, "blocks behind the best head before an upstream counts as unhealthy (-1: off)")
+	fs.DurationVar(&o.cfg.RequestTimeout, "request-timeout", proxy.DefaultRequestTimeout, "timeout of one HTTP request to an upstream")
+	fs.DurationVar(&o.cfg.SwitchTimeout, "switch-timeout", proxy.DefaultSwitchTimeout, "how long WebSocket requests wait for an upstream during a switch")
+	fs.IntVar(&o.cfg.QueueSize, "queue-size", proxy.DefaultQueueSize, "messages each WebSocket session may queue during a switch")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.demo, "demo", false, "run a self-contained demo: two fake nodes, the proxy, a client; kill and restore the primary")
+	fs.DurationVar(&o.blockTime, "demo-block-time", time.Second, "block interval of the demo's fake chain")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))
+	}
+	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return o, fmt.Errorf("-log-level: %w", err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if configPath != "" {
+		if err := applyFile(&o, configPath, set); err != nil {
+			return o, err
+		}
+	}
+	if len(ups) > 0 {
+		o.cfg.Upstreams = ups
+	}
+	if o.demo {
+		if len(ups) > 0 || configPath != "" {
+			return o, errors.New("-demo starts its own fake nodes: drop -upstream and -config")
+		}
+		if o.blockTime <= 0 {
+			return o, errors.New("-demo-block-time must be positive")
+		}
+		return o, nil
+	}
+	if len(o.cfg.Upstreams) == 0 {
+		return o, errors.New("no upstreams: give -upstream NAME=HTTP_URL,WS_URL (primary first) or -config FILE, or try -demo")
+	}
+	if o.cfg.CheckInterval <= 0 || o.cfg.CheckTimeout <= 0 {
+		return o, errors.New("-check-interval and -check-timeout must be positive")
+	}
+	if o.cfg.CheckTimeout > o.cfg.CheckInterval {
+		return o, fmt.Errorf("-check-timeout %v must not exceed -check-interval %v", o.cfg.CheckTimeout, o.cfg.CheckInterval)
+	}
+	if o.cfg.MaxLag == 0 || o.cfg.MaxLag < -1 {
+		return o, errors.New("-max-lag must be a positive number of blocks, or -1 to disable lag checks")
+	}
+	if o.cfg.QueueSize <= 0 {
+		return o, errors.New("-queue-size must be positive")
+	}
+	return o, nil
+}
+
+func applyFile(o *options, path string, set map[string]bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("-config: %w", err)
+	}
+	var fc fileConfig
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		return fmt.Errorf("-config %s: %w", path, err)
+	}
+	if fc.Listen != "" && !set["listen"] {
+		o.listen = fc.Listen
+	}
+	for i, u := range fc.Upstreams {
+		if u.Name == "" || u.HTTP == "" || u.WS == "" {
+			return fmt.Errorf("-config %s: upstream %d needs name, http and ws", path, i+1)
+		}
+		o.cfg.Upstreams = append(o.cfg.Upstreams, proxy.Upstream{Name: u.Name, HTTPURL: u.HTTP, WSURL: u.WS})
+	}
+	dur := func(name, v string, dst *time.Duration) error {
+		if v == "" || set[name] {
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("-config %s: %s: %w", path, strings.ReplaceAll(name, "-", "_"), err)
+		}
+		*dst = d
+		return nil
+	}
+	if err := errors.Join(
+		dur("check-interval", fc.CheckInterval, &o.cfg.CheckInterval),
+		dur("check-timeout", fc.CheckTimeout, &o.cfg.CheckTimeout),
+		dur("request-timeout", fc.RequestTimeout, &o.cfg.RequestTimeout),
+		dur("switch-timeout", fc.SwitchTimeout, &o.cfg.SwitchTimeout),
+	); err != nil {
+		return err
+	}
+	if fc.MaxLag != nil && !set["max-lag"] {
+		o.cfg.MaxLag = *fc.MaxLag
+	}
+	if fc.QueueSize != 0 && !set["queue-size"] {
+		o.cfg.QueueSize = fc.QueueSize
+	}
+	return nil
+}

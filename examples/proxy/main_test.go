@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/steadfast-go/steadfast/examples/proxy/fakenode"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a bytes.Buffer safe for the program and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDemo runs the quick-start command (with a faster chain) and checks
+// that it reports an unnoticed failover and failback, and exits by itself.
+func TestDemo(t *testing.T) {
+	var out, errOut syncBuffer
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	if err := run(ctx, []string{"-demo", "-demo-block-time", "200ms"}, &out, &errOut); err != nil {
+		t.Fatalf("demo failed: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	s := out.String()
+	for _, want := range []string{
+		"primary killed", "proxy switched primary -> backup", "primary restarted",
+		"proxy switched backup -> primary (better_available)", "(unchanged: true)",
+		"notifications lost: 0, duplicated: 0",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"upstreams":[{"name":"a"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unknown := filepath.Join(dir, "unknown.json")
+	if err := os.WriteFile(unknown, []byte(`{"upstream":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no upstreams"},
+		{[]string{"-upstream", "nourls"}, "NAME=HTTP_URL,WS_URL"},
+		{[]string{"-upstream", "a=http://x"}, "both URLs"},
+		{[]string{"-upstream", "a=http://x,ws://x", "-check-timeout", "2s", "-check-interval", "1s"}, "must not exceed"},
+		{[]string{"-upstream", "a=http://x,ws://x", "-max-lag", "0"}, "-max-lag"},
+		{[]string{"-upstream", "a=http://x,ws://x", "-log-level", "loud"}, "-log-level"},
+		{[]string{"-upstream", "a=http://x,ws://x", "extra"}, "unexpected argument"},
+		{[]string{"-config", filepath.Join(dir, "missing.json")}, "-config"},
+		{[]string{"-config", bad}, "needs name, http and ws"},
+		{[]string{"-config", unknown}, "unknown field"},
+		{[]string{"-demo", "-upstream", "a=http://x,ws://x"}, "-demo starts its own"},
+		{[]string{"-check-interval", "soon"}, "invalid value"},
+	} {
+		var stderr bytes.Buffer
+		_, err := parseArgs(tc.args, &stderr)
+		if err == nil || !strings.Contains(err.Error()+stderr.String(), tc.want) {
+			t.Errorf("parseArgs(%q) = %v (stderr %q), want an error mentioning %q", tc.args, err, stderr.String(), tc.want)
+		}
+	}
+}
+
+func TestConfigFileAndFlagPrecedence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	cfg := `{"listen":"127.0.0.1:9999","upstreams":[{"name":"p","http":"http://a:1","ws":"ws://a:2"},{"name":"b","http":"http://b:1","ws":"ws://b:2"}],
+	"check_interval":"250ms","check_timeout":"200ms","max_lag":5,"switch_timeout":"3s","queue_size":50}`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseArgs([]string{"-config", path, "-max-lag", "7"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.listen != "127.0.0.1:9999" || len(o.cfg.Upstreams) != 2 || o.cfg.Upstreams[1].WSURL != "ws://b:2" ||
+		o.cfg.CheckInterval != 250*time.Millisecond || o.cfg.MaxLag != 7 || o.cfg.QueueSize != 50 ||
+		o.cfg.SwitchTimeout != 3*time.Second {
+		t.Fatalf("parsed %+v", o)
+	}
+}
+
+func TestUnreachableUpstreamsFailAtStart(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(t.Context(), []string{"-listen", "127.0.0.1:0", "-log-level", "error",
+		"-upstream", "primary=http://127.0.0.1:1,ws://127.0.0.1:1"}, &bytes.Buffer{}, &stderr)
+	if err == nil || !strings.Contains(err.Error(), `upstream "primary"`) || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("run = %v", err)
+	}
+}
+
+// TestRunServesAndShutsDownOnSignal runs the program against a fake node on
+// a real port, makes a request, then cancels its context (what SIGINT and
+// SIGTERM do) and expects a clean exit.
+func TestRunServesAndShutsDownOnSignal(t *testing.T) {
+	chain := fakenode.NewChain(1, 50*time.Millisecond)
+	defer chain.Close()
+	n, err := fakenode.Start("node", "127.0.0.1:0", chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // run listens on it itself
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"-listen", addr, "-upstream", "node=" + n.HTTPURL() + "," + n.WSURL()}, &bytes.Buffer{}, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	var resp *http.Response
+	for {
+		resp, err = http.Post("http://"+addr, "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}`))
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run exited early: %v\n%s", err, stderr.String())
+		case <-time.After(20 * time.Millisecond): // bounded retry until the listener is up
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Fatalf("run after shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after its context was cancelled")
+	}
+	if !strings.Contains(stderr.String(), "shutting down") {
+		t.Errorf("no shutdown log:\n%s", stderr.String())
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// TestDemoInterrupted: SIGINT/SIGTERM (a cancelled context) stops the demo
+// cleanly, with every node and server it started shut down (goleak checks).
+func TestDemoInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"-demo", "-demo-block-time", "100ms"}, &out, &bytes.Buffer{}) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "client subscribed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo did not start:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval of a bounded wait
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("interrupted demo returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not stop after interruption")
+	}
+	if !strings.Contains(out.String(), "demo interrupted") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+}

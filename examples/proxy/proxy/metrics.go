@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/steadfast-go/steadfast/failover"
+)
+
+// metrics are the proxy's Prometheus metrics, on a registry of its own so
+// several proxies (tests, benchmarks) can live in one process.
+type metrics struct {
+	reg *prometheus.Registry
+
+	requests      *prometheus.CounterVec // method, upstream, transport
+	requestErrors *prometheus.CounterVec // method, code (errors the proxy made itself)
+	retries       *prometheus.CounterVec // method
+	switches      *prometheus.CounterVec // reason (failover group)
+	wsSwitches    *prometheus.CounterVec // reason (per WebSocket session)
+	queued        prometheus.Counter
+	dropped       *prometheus.CounterVec // reason
+	replayed      prometheus.Counter
+	replayReplies *prometheus.CounterVec // outcome: ok, error
+	dupHeads      prometheus.Counter
+	gapHeads      prometheus.Counter
+}
+
+const ns = "steadfast_proxy"
+
+func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int)) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+			Help: "JSON-RPC requests forwarded, by method, upstream and transport (http, ws)."},
+			[]string{"method", "upstream", "transport"}),
+		requestErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "request_errors_total",
+			Help: "JSON-RPC errors the proxy answered itself (no upstream, queue full, parse errors...), by JSON-RPC code."},
+			[]string{"code"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "http_retries_total",
+			Help: "HTTP requests retried on the next upstream after a connection error."},
+			[]string{"method"}),
+		switches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_switches_total",
+			Help: "Changes of the selected upstream, by reason (initial, current_unhealthy, better_available, manual)."},
+			[]string{"reason"}),
+		wsSwitches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "ws_session_switches_total",
+			Help: "WebSocket sessions moved to another upstream, by reason (current_unhealthy, better_available, upstream_lost)."},
+			[]string{"reason"}),
+		queued: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "queued_messages_total",
+			Help: "Client messages queued while their session switched upstream."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dropped_messages_total",
+			Help: "Messages that reached nobody because the client connection had failed, by reason. Refused requests are answered with JSON-RPC errors instead (request_errors_total)."},
+			[]string{"reason"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replayed_subscriptions_total",
+			Help: "Subscriptions re-created on a new upstream."}),
+		replayReplies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_replies_total",
+			Help: "Replies to replayed subscribe requests, consumed by the proxy (never forwarded), by outcome."},
+			[]string{"outcome"}),
+		dupHeads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "duplicate_heads_suppressed_total",
+			Help: "newHeads notifications suppressed because the client already had that block hash."}),
+		gapHeads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "gap_heads_filled_total",
+			Help: "newHeads notifications the proxy fetched from the new upstream to fill a gap after a switch."}),
+	}
+	m.reg.MustRegister(m.requests, m.requestErrors, m.retries, m.switches, m.wsSwitches,
+		m.queued, m.dropped, m.replayed, m.replayReplies, m.dupHeads, m.gapHeads,
+		&statusCollector{g: g})
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
+	}
+	m.reg.MustRegister(
+		gauge("ws_clients", "Connected WebSocket clients.", func() float64 { c, _, _ := sessions(); return float64(c) }),
+		gauge("subscriptions", "Active client subscriptions.", func() float64 { _, n, _ := sessions(); return float64(n) }),
+		gauge("queued_messages", "Client messages waiting in switch queues now.", func() float64 { _, _, q := sessions(); return float64(q) }),
+	)
+	// Make the dropped and error series exist at 0 so dashboards and tests
+	// see them before the first event.
+	m.dropped.WithLabelValues(dropClientGone)
+	return m
+}
+
+// dropClientGone is the reason for dropped_messages_total: a reply or
+// notification for a client whose connection had already failed. Requests
+// the proxy cannot serve (queue full, no upstream, upstream lost) are
+// answered with JSON-RPC errors, counted in request_errors_total, and are
+// not dropped.
+const dropClientGone = "client_gone"
+
+// statusCollector reports the failover group's view at scrape time.
+type statusCollector struct{ g *failover.Group[*upstream] }
+
+var (
+	descHealthy = prometheus.NewDesc(ns+"_upstream_healthy", "1 if the upstream passes health checks.", []string{"upstream"}, nil)
+	descLag     = prometheus.NewDesc(ns+"_upstream_lag_blocks", "Blocks the upstream is behind the reference head at its last check.", []string{"upstream"}, nil)
+	descHead    = prometheus.NewDesc(ns+"_upstream_head", "Head block the upstream reported at its last successful check.", []string{"upstream"}, nil)
+	descCurrent = prometheus.NewDesc(ns+"_upstream_current", "1 for the upstream new requests go to.", []string{"upstream"}, nil)
+)
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descHealthy
+	ch <- descLag
+	ch <- descHead
+	ch <- descCurrent
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.g.Status() {
+		name := s.Target.Name
+		ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, b2f(s.State == failover.Healthy), name)
+		ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(s.Lag), name)
+		ch <- prometheus.MustNewConstMetric(descHead, prometheus.GaugeValue, float64(s.Head), name)
+		ch <- prometheus.MustNewConstMetric(descCurrent, prometheus.GaugeValue, b2f(s.Selected), name)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// knownMethods bounds the method label's cardinality: anything else is
+// counted as "other".
+var knownMethods = map[string]bool{}
+
+func init() {
+	for _, m := range []string{
+		"eth_blockNumber", "eth_chainId", "eth_call", "eth_estimateGas", "eth_gasPrice", "eth_feeHistory",
+		"eth_maxPriorityFeePerGas", "eth_getBalance", "eth_getCode", "eth_getStorageAt", "eth_getTransactionCount",
+		"eth_getBlockByNumber", "eth_getBlockByHash", "eth_getTransactionByHash", "eth_getTransactionReceipt",
+		"eth_getLogs", "eth_getBlockReceipts", "eth_getProof", "eth_syncing", "eth_sendRawTransaction",
+		"eth_subscribe", "eth_unsubscribe", "eth_getBlockTransactionCountByNumber", "eth_getUncleCountByBlockNumber",
+		"eth_createAccessList", "eth_blobBaseFee", "net_version", "net_listening", "net_peerCount",
+		"web3_clientVersion", "debug_traceTransaction", "debug_traceCall", "txpool_status",
+	} {
+		knownMethods[m] = true
+	}
+}
+
+func methodLabel(m string) string {
+	if knownMethods[m] {
+		return m
+	}
+	return "other"
+}
