@@ -131,7 +131,9 @@ type Log struct {
 
 // New returns a Log. Without WithStore it keeps events in a new MemoryStore
 // (with a fresh random epoch) using the retention set by WithRetention.
-// New panics if WithStore and WithRetention are both given.
+// New panics if WithStore and WithRetention are both given: retention is a
+// setting of the store, and silently ignoring it would keep more (or less)
+// history than the caller asked for.
 func New(opts ...Option) *Log {
 	c := config{maxEventSize: DefaultMaxEventSize}
 	for _, o := range opts {
@@ -243,7 +245,13 @@ func (l *Log) ReadAfterInto(ctx context.Context, stream string, after uint64, li
 //   - the events after from are no longer retained: Unrecoverable, Expired;
 //   - otherwise Events with every event after from (at most gapCap).
 //
-// The zero Cursor is "nothing seen yet" in any epoch.
+// The cases are checked in this order, so a cursor both far behind and
+// expired gets SkippedToHead. The zero Cursor is "nothing seen yet" in any
+// epoch: it asks for the whole stream, so once count or age retention has
+// dropped event 1 a new client gets Unrecoverable with Reason Expired (or
+// SkippedToHead if head > gapCap), never the retained tail with a silent
+// hole before it; it then continues from Result.Resume (the head) and loads
+// the history it wants another way.
 //
 // Errors: ErrEmptyStream, ErrUnknownStream, ErrCursorAhead (from is in this
 // epoch but beyond head: never silently treated as "nothing to send"),

@@ -419,3 +419,67 @@ func TestConcurrentAppendersAndSubscribers(t *testing.T) {
 		}
 	}
 }
+
+// A brand-new client (zero Cursor) on a stream whose start was trimmed by
+// retention is told the history is incomplete (Unrecoverable/Expired, or
+// SkippedToHead when the gap exceeds the cap), never handed the retained
+// tail as if it were the whole stream; its subscription then goes live from
+// head with no gap.
+func TestZeroCursorOnTrimmedStream(t *testing.T) {
+	ctx := context.Background()
+	l := eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: 4}))
+	defer l.Close()
+	appendN(t, l, "s", 10)
+	res, err := l.Replay(ctx, "s", eventlog.Cursor{}, 0)
+	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.Expired || res.Resume != l.Cursor(10) || len(res.Events) != 0 {
+		t.Fatalf("Replay(zero) on a trimmed stream = %+v, %v; want Unrecoverable/Expired resuming at 10", res, err)
+	}
+	res, err = l.Replay(ctx, "s", eventlog.Cursor{}, 5)
+	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 10 || res.Resume != l.Cursor(10) {
+		t.Fatalf("Replay(zero, cap 5) = %+v, %v; want SkippedToHead gap 10", res, err)
+	}
+	sub, err := l.Subscribe(ctx, "s", eventlog.Cursor{}, eventlog.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if res, err := sub.Next(ctx); err != nil || res.Outcome != eventlog.Unrecoverable || res.Resume != l.Cursor(10) {
+		t.Fatalf("first Next = %+v, %v", res, err)
+	}
+	appendN(t, l, "s", 1)
+	if res, err := sub.Next(ctx); err != nil || res.Outcome != eventlog.Events || len(res.Events) != 1 || res.Events[0].Seq != 11 {
+		t.Fatalf("live Next = %+v, %v; want event 11", res, err)
+	}
+}
+
+// Impossible arguments panic at once, with the package prefix: nil
+// functions for Sync and SyncEvery (instead of a nil dereference on the
+// first syncable stream), and a retention for a store given with WithStore.
+func TestImpossibleArgumentsPanic(t *testing.T) {
+	l := eventlog.New()
+	defer l.Close()
+	streams := func() []string { return nil }
+	fn := func(context.Context, string, eventlog.State) error { return nil }
+	for name, call := range map[string]func(){
+		"Sync":              func() { l.Sync(context.Background(), []string{"x"}, nil) },
+		"SyncEvery(nil fn)": func() { l.SyncEvery(context.Background(), time.Second, streams, nil, nil) },
+		"SyncEvery(nil streams)": func() {
+			l.SyncEvery(context.Background(), time.Second, nil, fn, nil)
+		},
+		// Retention belongs to the store: silently ignoring it would keep
+		// a different amount of history than asked for.
+		"New(WithStore, WithRetention)": func() {
+			eventlog.New(eventlog.WithStore(eventlog.NewMemoryStore(eventlog.Retention{})),
+				eventlog.WithRetention(eventlog.Retention{MaxEvents: 5}))
+		},
+	} {
+		func() {
+			defer func() {
+				if msg, ok := recover().(string); !ok || len(msg) < 10 || msg[:10] != "eventlog: " {
+					t.Errorf("%s: panic %v, want an \"eventlog: \" message", name, msg)
+				}
+			}()
+			call()
+		}()
+	}
+}

@@ -12,9 +12,10 @@ import (
 )
 
 const (
-	initialRing = 16              // first ring size of a stream; doubles up to the retention bound
-	arenaChunk  = 16 << 10        // event data is copied into chunks of this size...
-	arenaMax    = arenaChunk / 16 // ...unless it is larger than this
+	initialRing  = 16              // first ring size of a stream; doubles up to the retention bound
+	arenaChunk   = 16 << 10        // event data is copied into chunks of up to this size...
+	arenaMax     = arenaChunk / 16 // ...unless it is larger than this
+	arenaInitial = 512             // first chunk of a stream; chunks double up to arenaChunk
 )
 
 // MemoryStore is the in-memory Store, and the default store of a Log: a
@@ -24,8 +25,9 @@ const (
 // one.
 //
 // Appends to one stream allocate nothing in the steady state: the ring is
-// reused, and event data is copied into shared chunks of 16 KiB (events
-// larger than 1 KiB get their own allocation). Reads copy event headers
+// reused, and event data is copied into shared chunks that grow from 512
+// bytes to 16 KiB per stream (events larger than 1 KiB get their own
+// allocation). Reads copy event headers
 // only; the returned Data slices share the store's memory and must not be
 // modified.
 //
@@ -187,7 +189,11 @@ func (st *memStream) copyData(data []byte) []byte {
 		return append([]byte(nil), data...)
 	}
 	if cap(st.arena)-len(st.arena) < n {
-		st.arena = make([]byte, 0, arenaChunk)
+		// Grow the chunk size with the stream, so that the many streams
+		// of a server that hold a few events cost little memory while a
+		// busy stream still allocates once per 16 KiB.
+		size := min(max(2*cap(st.arena), arenaInitial), arenaChunk)
+		st.arena = make([]byte, 0, max(size, n))
 	}
 	start := len(st.arena)
 	st.arena = append(st.arena, data...)

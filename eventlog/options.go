@@ -36,7 +36,8 @@ type optionFunc func(*config)
 func (f optionFunc) apply(c *config) { f(c) }
 
 // WithStore makes the Log keep its events in s instead of a new MemoryStore.
-// The Log takes ownership: Log.Close closes s. It panics if s is nil.
+// The Log takes ownership: Log.Close closes s. It panics if s is nil. Set
+// the retention on s itself: New panics if WithRetention is also given.
 func WithStore(s Store) Option {
 	if s == nil {
 		panic("eventlog: WithStore(nil)")

@@ -17,7 +17,10 @@ import (
 //
 // Next must be called from one goroutine at a time; Close may be called from
 // any goroutine, at any time. The zero Subscription is not usable: create
-// one with Log.Subscribe. A Subscription must not be copied.
+// one with Log.Subscribe. A Subscription must not be copied. It starts no
+// goroutine, but it stays registered with its Log (and is woken by every
+// append to its stream) until Close, until Next returns Lagged, or until the
+// Log is closed: call Close when done with it.
 type Subscription struct {
 	log    *Log
 	stream string

@@ -53,60 +53,64 @@ func TestSubscriberWokenOnAppend(t *testing.T) {
 
 // TestSlowSubscriberLags: a subscriber that does not read never blocks
 // appenders; once it is more than MaxLag behind it gets Lagged with the
-// cursor to resume from, and resuming from it loses nothing.
+// cursor to resume from, and resuming from it loses nothing. It runs in a
+// synctest bubble so that an append that blocked on the subscriber that
+// never reads fails at once as a deadlock.
 func TestSlowSubscriberLags(t *testing.T) {
-	l := eventlog.New()
-	defer l.Close()
-	ctx := context.Background()
-	appendN(t, l, "s", 3)
-	slow, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{MaxLag: 10, Batch: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	fast, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{MaxLag: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fast.Close()
-	if _, err := fast.Next(ctx); err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, l, "s", 100) // completes although slow never reads
-	res, err := slow.Next(ctx)
-	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 2 {
-		t.Fatalf("slow first Next = %+v, %v; want the replay of 2,3", res, err)
-	}
-	res, err = slow.Next(ctx)
-	if err != nil || res.Outcome != eventlog.Lagged || res.Resume != l.Cursor(3) || res.Head != l.Cursor(103) {
-		t.Fatalf("slow Next = %+v, %v; want Lagged resuming at 3", res, err)
-	}
-	if _, err := slow.Next(ctx); !errors.Is(err, eventlog.ErrSubscriptionClosed) {
-		t.Fatalf("Next after Lagged err = %v, want ErrSubscriptionClosed", err)
-	}
-	// The fast subscriber was not held back.
-	for next := uint64(4); next <= 103; {
-		res, err := fast.Next(ctx)
-		if err != nil || res.Outcome != eventlog.Events {
-			t.Fatalf("fast Next = %+v, %v", res, err)
+	synctest.Test(t, func(t *testing.T) {
+		l := eventlog.New()
+		defer l.Close()
+		ctx := context.Background()
+		appendN(t, l, "s", 3)
+		slow, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{MaxLag: 10, Batch: 4})
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, ev := range res.Events {
-			if ev.Seq != next {
-				t.Fatalf("fast got %d, want %d", ev.Seq, next)
+		defer slow.Close()
+		fast, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{MaxLag: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fast.Close()
+		if _, err := fast.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, l, "s", 100) // completes although slow never reads
+		res, err := slow.Next(ctx)
+		if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 2 {
+			t.Fatalf("slow first Next = %+v, %v; want the replay of 2,3", res, err)
+		}
+		res, err = slow.Next(ctx)
+		if err != nil || res.Outcome != eventlog.Lagged || res.Resume != l.Cursor(3) || res.Head != l.Cursor(103) {
+			t.Fatalf("slow Next = %+v, %v; want Lagged resuming at 3", res, err)
+		}
+		if _, err := slow.Next(ctx); !errors.Is(err, eventlog.ErrSubscriptionClosed) {
+			t.Fatalf("Next after Lagged err = %v, want ErrSubscriptionClosed", err)
+		}
+		// The fast subscriber was not held back.
+		for next := uint64(4); next <= 103; {
+			res, err := fast.Next(ctx)
+			if err != nil || res.Outcome != eventlog.Events {
+				t.Fatalf("fast Next = %+v, %v", res, err)
 			}
-			next++
+			for _, ev := range res.Events {
+				if ev.Seq != next {
+					t.Fatalf("fast got %d, want %d", ev.Seq, next)
+				}
+				next++
+			}
 		}
-	}
-	// Resume from the Lagged cursor: nothing lost.
-	again, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{GapCap: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	res, err = again.Next(ctx)
-	if err != nil || len(res.Events) != 100 || res.Events[0].Seq != 4 {
-		t.Fatalf("resume = %v with %d events, %v", res.Outcome, len(res.Events), err)
-	}
+		// Resume from the Lagged cursor: nothing lost.
+		again, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{GapCap: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer again.Close()
+		res, err = again.Next(ctx)
+		if err != nil || len(res.Events) != 100 || res.Events[0].Seq != 4 {
+			t.Fatalf("resume = %v with %d events, %v", res.Outcome, len(res.Events), err)
+		}
+	})
 }
 
 func TestSubscriberPastRetentionLags(t *testing.T) {

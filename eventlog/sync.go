@@ -8,13 +8,14 @@ import (
 )
 
 // SyncFunc is called by Sync for each stream that should be synced, with
-// the stream's current state.
+// the stream's current state. Sync (and SyncEvery) call it sequentially, on
+// the caller's goroutine, so it need not be safe for concurrent use.
 type SyncFunc func(ctx context.Context, stream string, st State) error
 
 // SyncError is one failed stream of a sync round (a plain value).
 type SyncError struct {
-	Stream string
-	Err    error
+	Stream string // the stream id, as passed to Sync
+	Err    error  // what went wrong; wraps the SyncFunc's or the store's error
 }
 
 // SyncReport is the outcome of one sync round. Every stream passed to Sync
@@ -41,8 +42,11 @@ type SyncReport struct {
 // the report and does not stop the round.
 //
 // Errors: ErrClosed, or ctx.Err() if ctx ends during the round (the report
-// then covers the streams handled so far).
+// then covers the streams handled so far). It panics if fn is nil.
 func (l *Log) Sync(ctx context.Context, streams []string, fn SyncFunc) (SyncReport, error) {
+	if fn == nil {
+		panic("eventlog: Sync needs a SyncFunc")
+	}
 	var rep SyncReport
 	for _, id := range streams {
 		if err := ctx.Err(); err != nil {
@@ -78,10 +82,13 @@ func (l *Log) Sync(ctx context.Context, streams []string, fn SyncFunc) (SyncRepo
 // runs in the calling goroutine and starts none.
 //
 // Errors: ctx.Err() (or its cause) when ctx ends, ErrClosed when the log is
-// closed. It panics if interval <= 0.
+// closed. It panics if interval <= 0 or streams or fn is nil.
 func (l *Log) SyncEvery(ctx context.Context, interval time.Duration, streams func() []string, fn SyncFunc, report func(SyncReport)) error {
 	if interval <= 0 {
 		panic(fmt.Sprintf("eventlog: SyncEvery interval %v", interval))
+	}
+	if streams == nil || fn == nil {
+		panic("eventlog: SyncEvery needs a streams function and a SyncFunc")
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -33,6 +33,9 @@
 //   - Nothing is dropped silently: every eviction, drop, give-up and item
 //     left at Close is passed to the [WithReport] function (or logged with
 //     log/slog), and settles the item's [Ticket] with the reason.
+//   - A panic in the send function or the classifier fails that one item
+//     (reported with [ErrDropped]) instead of crashing the program from the
+//     delivery goroutine.
 //   - [Queue.Close] waits for the delivery goroutine and hands back the
 //     items still queued.
 //

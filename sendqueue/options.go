@@ -107,7 +107,9 @@ func WithOverflow(o Overflow) Option {
 }
 
 // WithClassifier sets how send errors are classified. The default is
-// [DefaultClassifier]. A nil classify restores the default.
+// [DefaultClassifier]. A nil classify restores the default. A Class other
+// than the three defined ones counts as [ClassRetry]; a panic in classify
+// counts as [ClassDrop], and the reported error carries the panic value.
 func WithClassifier(classify func(error) Class) Option {
 	return optionFunc(func(c *config) { c.classify = classify })
 }
@@ -141,7 +143,9 @@ func WithMaxAttempts(n int) Option {
 // report is called outside the queue's lock, on the goroutine that caused
 // the event (Push for evictions, the delivery goroutine for failures, Close
 // for leftovers), so it may be called concurrently with itself. It may call
-// Len, Push, Pause or Resume, but must not call Close or Flush.
+// Len, Push, Pause or Resume, but must not call Close or Flush (they wait
+// for the delivery goroutine, which may be the one calling report). report
+// must not panic: a panic on the delivery goroutine is not recovered.
 func WithReport[T any](report func(Report[T])) Option {
 	return optionFunc(func(c *config) {
 		if report == nil {

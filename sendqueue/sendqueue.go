@@ -151,7 +151,11 @@ type entry[T any] struct {
 // ends first. A nil error means delivered. Otherwise the error is classified
 // (see [DefaultClassifier]): Retry items stay at the head and are tried
 // again after the back-off, or when Resume is called; Pause-class errors also
-// pause the queue.
+// pause the queue. A panic in send does not crash the program: the attempt
+// fails, and the item is dropped and reported with [ErrDropped] and an error
+// carrying the panic value (sending it again would most likely panic again).
+// send may call Push, Len, Pause or Resume, but not Close or Flush: they
+// wait for the delivery goroutine, which is the one running send.
 //
 // New panics if send is nil or an option's type parameter does not match T.
 func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option) *Queue[T] {
@@ -433,7 +437,7 @@ func (q *Queue[T]) run() {
 		gen := q.resumeGen
 		q.mu.Unlock()
 
-		err := q.send(q.sendCtx, e.item)
+		err, panicked := q.trySend(e.item)
 		e.attempts++
 		var (
 			class  Class
@@ -441,7 +445,11 @@ func (q *Queue[T]) run() {
 			wait   time.Duration
 		)
 		if err != nil {
-			class = q.classify(err)
+			if panicked {
+				class = ClassDrop // sending it again would panic again
+			} else {
+				class, err = q.tryClassify(err)
+			}
 			switch {
 			case class == ClassDrop:
 				reason = fmt.Errorf("%w: %w", ErrDropped, err)
@@ -505,6 +513,34 @@ func (q *Queue[T]) run() {
 		t.Stop()
 		q.mu.Lock()
 	}
+}
+
+// trySend calls the send function, turning a panic into an error so that a
+// bug in send fails one item (reported, with [ErrDropped]) instead of
+// crashing the program from the delivery goroutine.
+func (q *Queue[T]) trySend(it Item[T]) (err error, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			err, panicked = fmt.Errorf("sendqueue: send panicked: %v", r), true
+		}
+	}()
+	return q.send(q.sendCtx, it), false
+}
+
+// tryClassify calls the classifier. A panic, like a Class that is not one of
+// the three, must not stop the loop or make it retry without a back-off: a
+// panic drops the item (the error says why), an unknown Class is ClassRetry.
+// It returns err, extended with the panic if there was one.
+func (q *Queue[T]) tryClassify(sendErr error) (c Class, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = ClassDrop, fmt.Errorf("%w (the classifier panicked: %v)", sendErr, r)
+		}
+	}()
+	if c = q.classify(sendErr); c > ClassPause {
+		c = ClassRetry
+	}
+	return c, sendErr
 }
 
 // Pause stops delivery, for example when the connection is lost: nothing

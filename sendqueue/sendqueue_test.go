@@ -828,3 +828,86 @@ func TestEvictOldestNeverEvictsTheItemInFlight(t *testing.T) {
 		mustClose(t, q)
 	})
 }
+
+// A panic in the user's send function must not crash the program from the
+// delivery goroutine: the item is dropped and reported with the panic, and
+// the items behind it are still delivered in order.
+func TestSendPanicIsReportedNotFatal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var reps reportLog
+		var mu sync.Mutex
+		var sent []string
+		q := New(func(_ context.Context, it Item[string]) error {
+			if it.Value == "boom" {
+				panic("bad value")
+			}
+			mu.Lock()
+			sent = append(sent, it.Value)
+			mu.Unlock()
+			return nil
+		}, WithReport(reps.add))
+		a := mustPush(t, q, Item[string]{Value: "a"})
+		boom := mustPush(t, q, Item[string]{Value: "boom"})
+		c := mustPush(t, q, Item[string]{Value: "c"})
+		if err := q.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if a.Status() != Delivered || c.Status() != Delivered {
+			t.Fatalf("a %v, c %v", a.Status(), c.Status())
+		}
+		err := boom.Err()
+		if boom.Status() != Failed || !errors.Is(err, ErrDropped) || !strings.Contains(err.Error(), "bad value") {
+			t.Fatalf("boom: %v %v", boom.Status(), err)
+		}
+		rs := reps.get()
+		if len(rs) != 1 || rs[0].Item.Value != "boom" || rs[0].Attempts != 1 || !errors.Is(rs[0].Err, ErrDropped) {
+			t.Fatalf("reports %+v", rs)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Equal(sent, []string{"a", "c"}) {
+			t.Fatalf("sent %v", sent)
+		}
+		mustClose(t, q)
+	})
+}
+
+// A classifier that panics or returns a Class outside the three must not
+// stop the loop, nor make it retry without consulting the back-off.
+func TestBadClassifierResults(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errOdd := errors.New("odd")
+		errPanic := errors.New("panic please")
+		var reps reportLog
+		sink := &scriptSink{script: []error{errOdd, errOdd, errPanic}}
+		bo := &recBackOff{waits: []time.Duration{time.Second, time.Second, time.Second}}
+		q := New(sink.send, WithBackOff(bo), WithReport(reps.add),
+			WithClassifier(func(err error) Class {
+				if errors.Is(err, errPanic) {
+					panic("classifier bug")
+				}
+				return Class(42)
+			}))
+		start := time.Now()
+		a := mustPush(t, q, Item[string]{Value: "a"})
+		b := mustPush(t, q, Item[string]{Value: "b"})
+		err := a.Wait(t.Context())
+		if !errors.Is(err, ErrDropped) || !errors.Is(err, errPanic) || !strings.Contains(err.Error(), "classifier bug") {
+			t.Fatalf("a: %v", err)
+		}
+		if err := b.Wait(t.Context()); err != nil {
+			t.Fatalf("b: %v", err)
+		}
+		// The two Class(42) failures were retried after the back-off (1 s each).
+		if d := time.Since(start); d != 2*time.Second {
+			t.Fatalf("a settled after %v, want 2s of back-off", d)
+		}
+		if got := sink.values(); !slices.Equal(got, []string{"a", "a", "a", "b"}) {
+			t.Fatalf("attempts %v", got)
+		}
+		if rs := reps.get(); len(rs) != 1 || rs[0].Item.Value != "a" || rs[0].Attempts != 3 {
+			t.Fatalf("reports %+v", rs)
+		}
+		mustClose(t, q)
+	})
+}

@@ -30,6 +30,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +84,11 @@ func WithMaxBatch(n int) Option {
 // consecutive seqs in the order the writer receives them; an append is
 // committed and readable before Append returns. Close waits for the writer
 // goroutine.
+//
+// A Store caches every stream's head, so one Store at a time may have a
+// database file open: a second one (in this process or another) would assign
+// seqs the first already used, and its appends fail with a constraint error.
+// Servers that share a log need a shared store (see package eventlog).
 type Store struct {
 	db        *sql.DB
 	path      string
@@ -95,6 +101,11 @@ type Store struct {
 
 	closeMu sync.RWMutex // excludes sends on reqs from closing it
 	closed  bool         // guarded by closeMu
+	// closedFlag mirrors closed for readers. They must not take closeMu: a
+	// reader holding mu and waiting for closeMu behind a pending Close, an
+	// appender holding closeMu.RLock on a full reqs, and the writer waiting
+	// for mu would deadlock.
+	closedFlag atomic.Bool
 
 	mu      sync.RWMutex // protects streams
 	streams map[string]*info
@@ -151,8 +162,9 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 `
 
-// Open opens or creates the event log database at path (a file name; the
-// store needs a real file so its connections share it).
+// Open opens or creates the event log database at path (a file name, not a
+// URI: any character is taken literally; the store needs a real file so its
+// connections share it).
 //
 // Errors: ErrCorrupt (wrapped with the driver's message) if the file is not
 // a SQLite database, is damaged, or holds tables of another shape or an
@@ -166,7 +178,9 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if path == "" || path == ":memory:" {
 		return nil, fmt.Errorf("sqlitestore: Open needs a file path, got %q", path)
 	}
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	// In a file: URI SQLite percent-decodes the path and ends it at '?' or
+	// '#'; escape those so that the file opened is the one named.
+	dsn := "file:" + uriPath.Replace(path) + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
@@ -190,6 +204,8 @@ func Open(path string, opts ...Option) (*Store, error) {
 	go s.writer()
 	return s, nil
 }
+
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // classify wraps err as ErrCorrupt when the driver says the file is damaged
 // or not a database.
@@ -336,27 +352,31 @@ func (s *Store) SetState(ctx context.Context, stream string, st eventlog.State) 
 }
 
 func (s *Store) lookup(stream string) (info, error) {
+	if s.isClosed() {
+		return info{}, eventlog.ErrClosed
+	}
 	s.mu.RLock()
 	in, ok := s.streams[stream]
 	var v info
 	if ok {
 		v = *in
 	}
-	closed := s.isClosed()
 	s.mu.RUnlock()
-	if closed {
-		return info{}, eventlog.ErrClosed
-	}
 	if !ok {
 		return info{}, fmt.Errorf("%w: %q", eventlog.ErrUnknownStream, stream)
 	}
 	return v, nil
 }
 
-func (s *Store) isClosed() bool {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	return s.closed
+func (s *Store) isClosed() bool { return s.closedFlag.Load() }
+
+// readErr is classify for the read paths: a query that failed because Close
+// closed the database under it reports ErrClosed, as the methods promise.
+func (s *Store) readErr(op string, err error) error {
+	if s.isClosed() {
+		return fmt.Errorf("%w: %s: %v", eventlog.ErrClosed, op, err)
+	}
+	return s.classify(op, err)
 }
 
 // State implements eventlog.Store (from the in-memory cache; no query).
@@ -377,7 +397,7 @@ func (s *Store) first(ctx context.Context, stream string, in info) (uint64, erro
 		cutoff := time.Now().UnixNano() - int64(s.retention.MaxAge)
 		err := s.db.QueryRowContext(ctx, `SELECT seq FROM events WHERE stream = ? AND seq >= ? AND ts > ? ORDER BY seq LIMIT 1`, stream, int64(first), cutoff).Scan(&oldest)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return 0, s.classify("bounds", err)
+			return 0, s.readErr("bounds", err)
 		}
 		if !oldest.Valid {
 			return in.head + 1, nil
@@ -420,12 +440,12 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		return dst, nil
 	}
 	if limit < 0 || uint64(limit) > in.head-after {
-		limit = int(min(in.head-after, 1<<20))
+		limit = -1 // all of them: SQLite reads a negative LIMIT as none
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, type, data FROM events WHERE stream = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?`,
 		stream, int64(after), int64(in.head), limit)
 	if err != nil {
-		return dst, s.classify("read", err)
+		return dst, s.readErr("read", err)
 	}
 	defer rows.Close()
 	want := after + 1
@@ -433,7 +453,7 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		var ev eventlog.Event
 		var seq int64
 		if err := rows.Scan(&seq, &ev.Type, &ev.Data); err != nil {
-			return dst, s.classify("read", err)
+			return dst, s.readErr("read", err)
 		}
 		if uint64(seq) != want {
 			// Rows were pruned under us: the range is no longer whole.
@@ -444,7 +464,7 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		want++
 	}
 	if err := rows.Err(); err != nil {
-		return dst, s.classify("read", err)
+		return dst, s.readErr("read", err)
 	}
 	if want == after+1 {
 		return dst, fmt.Errorf("%w: stream %q: cursor %d", eventlog.ErrCursorExpired, stream, after)
@@ -462,6 +482,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.closedFlag.Store(true)
 	close(s.reqs)
 	s.closeMu.Unlock()
 	s.writerWG.Wait()

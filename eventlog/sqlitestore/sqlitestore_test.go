@@ -161,3 +161,49 @@ func TestWipedStoreGetsNewEpoch(t *testing.T) {
 		t.Fatalf("Replay(cursor from wiped history) = %+v, %v; want Unrecoverable/WrongEpoch", res, err)
 	}
 }
+
+// TestOpenOddFileNames: the path is a file name, not a URI. '?', '#' and
+// '%' used to cut or decode the name, so the events went to another file
+// (for "a?b.db": "a", without WAL mode) and a restart pointed at the named
+// file found an empty log with a new epoch.
+func TestOpenOddFileNames(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{"a?b.db", "a#b.db", "a%20b.db", "a&_pragma=x.db"} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, name)
+		s, err := sqlitestore.Open(path)
+		if err != nil {
+			t.Fatalf("Open(%q): %v", name, err)
+		}
+		epoch := s.Epoch()
+		if _, err := s.Append(ctx, "s", "", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(path + "-wal"); err != nil {
+			t.Errorf("%q: no WAL file beside it: %v", name, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != 1 || ents[0].Name() != name {
+			var got []string
+			for _, e := range ents {
+				got = append(got, e.Name())
+			}
+			t.Fatalf("Open(%q) wrote the files %q", name, got)
+		}
+		s, err = sqlitestore.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, head, err := s.Bounds(ctx, "s")
+		if err != nil || head != 1 || s.Epoch() != epoch {
+			t.Fatalf("%q after reopen: head %d, %v, epoch %q (was %q)", name, head, err, s.Epoch(), epoch)
+		}
+		s.Close()
+	}
+}
