@@ -1,0 +1,31 @@
+// Package server is the chat-session server of the SSE example: sessions
+// with an agent, each an eventlog stream, served as Server-Sent Events with
+// Last-Event-ID resume, a gap cap instead of replay storms, idempotent sends,
+// and an agent whose crashes never take the server down.
+//
+// It lives in its own package, with main.go a thin wrapper, so tests and
+// benchmarks can start real servers in-process on 127.0.0.1:0.
+//
+// # Endpoints
+//
+//	POST /sessions                   create a session: 201 {"id", "state", "head"}
+//	GET  /sessions/{id}              {"id", "state", "head"}
+//	GET  /sessions/{id}/events       SSE stream; resume with Last-Event-ID or ?cursor=
+//	GET  /sessions/{id}/history      ?before=<cursor|seq>&limit=N: older events as JSON
+//	POST /sessions/{id}/send         {"text", "idempotency_key"}: 202, or 200 for a duplicate key
+//	POST /sessions/{id}/stop         end the session (answered also when already ended)
+//	POST /sessions/{id}/interrupt    cancel the reply being streamed
+//	GET  /                           the web page
+//
+// Every error is a 4xx or 5xx JSON body {"error": "..."}.
+//
+// # The event stream
+//
+// Stored events carry "id: <epoch>:<seq>" and one of the types user, delta,
+// done, interrupted, error and state, with a JSON payload. The stream also
+// sends events that are not stored: gap (the cursor was more than the gap
+// cap behind: {"skipped", "head", "history"}), reset (the cursor is from
+// another epoch, expired or ahead: reload), cutoff (this client fell too far
+// behind and is disconnected: resume from {"resume"}), and end (the session
+// ended). Heartbeats are SSE comments.
+package server

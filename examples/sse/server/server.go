@@ -1,0 +1,329 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/steadfast-go/steadfast/eventlog"
+	"github.com/steadfast-go/steadfast/eventlog/sqlitestore"
+)
+
+// Defaults used when a Config field is zero.
+const (
+	DefaultGapCap        = eventlog.DefaultGapCap
+	DefaultMaxLag        = eventlog.DefaultMaxLag
+	DefaultHeartbeat     = 15 * time.Second
+	DefaultWriteTimeout  = 10 * time.Second
+	DefaultMaxBodyBytes  = 64 << 10
+	DefaultMaxPending    = 100
+	DefaultRetryHint     = time.Second
+	DefaultSyncInterval  = 30 * time.Second
+	DefaultIdleTimeout   = 10 * time.Minute
+	DefaultHistoryLimit  = 50
+	MaxHistoryLimit      = 500
+	DefaultMemoryHistory = 10000
+)
+
+// Config configures a Server. The zero Config is usable: in-memory log, the
+// typing simulator, the defaults above.
+type Config struct {
+	// DBPath is the SQLite file of the event log; empty keeps events in
+	// memory (lost on restart: clients then get reset).
+	DBPath string
+	// Agent answers user messages; nil means a Simulator.
+	Agent Agent
+	// GapCap is the most events replayed to a reconnecting client; a client
+	// further behind gets a gap event.
+	GapCap int
+	// MaxLag is how many events a client may fall behind before it is cut
+	// off with a cutoff event.
+	MaxLag int
+	// Heartbeat is the interval of SSE comment heartbeats.
+	Heartbeat time.Duration
+	// WriteTimeout bounds each write to an SSE client; a client that does
+	// not read for this long is disconnected.
+	WriteTimeout time.Duration
+	// MaxBodyBytes bounds request bodies (413 beyond).
+	MaxBodyBytes int64
+	// MaxPending bounds the messages waiting for the agent per session (429
+	// beyond).
+	MaxPending int
+	// RetryHint is the reconnection delay sent to EventSource clients.
+	RetryHint time.Duration
+	// SyncInterval is the period of the session sync round; negative
+	// disables it.
+	SyncInterval time.Duration
+	// IdleTimeout is how long a session with no client and no running reply
+	// stays Active before the sync round marks it Detached.
+	IdleTimeout time.Duration
+	// MemoryHistory is how many events per session the in-memory log keeps
+	// (default DefaultMemoryHistory); older ones get a gap or reset.
+	MemoryHistory int
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server serves chat sessions. It is safe for concurrent use. Create it
+// with New and stop it with Shutdown, which waits for every goroutine it
+// started.
+type Server struct {
+	cfg   Config
+	log   *eventlog.Log
+	agent Agent
+	lg    *slog.Logger
+	mux   *http.ServeMux
+
+	baseCtx    context.Context // canceled by Shutdown: agents and the sync loop
+	cancelBase context.CancelFunc
+	closing    context.Context // canceled by Shutdown first: SSE streams return
+	endStreams context.CancelFunc
+
+	mu       sync.Mutex // protects sessions, stopped, hs
+	sessions map[string]*session
+	stopped  bool
+	hs       *http.Server
+	wg       sync.WaitGroup // workers and the sync loop
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New opens the event log (SQLite when cfg.DBPath is set) and returns a
+// Server. It starts the sync loop; call Shutdown to stop it.
+//
+// Errors: the SQLite store's (for example sqlitestore.ErrCorrupt).
+func New(cfg Config) (*Server, error) {
+	if cfg.GapCap <= 0 {
+		cfg.GapCap = DefaultGapCap
+	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.RetryHint <= 0 {
+		cfg.RetryHint = DefaultRetryHint
+	}
+	if cfg.SyncInterval == 0 {
+		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	var l *eventlog.Log
+	if cfg.DBPath != "" {
+		st, err := sqlitestore.Open(cfg.DBPath)
+		if err != nil {
+			return nil, fmt.Errorf("server: open %s: %w", cfg.DBPath, err)
+		}
+		l = eventlog.New(eventlog.WithStore(st))
+	} else {
+		if cfg.MemoryHistory <= 0 {
+			cfg.MemoryHistory = DefaultMemoryHistory
+		}
+		l = eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: cfg.MemoryHistory}))
+	}
+	ag := cfg.Agent
+	if ag == nil {
+		ag = &Simulator{}
+	}
+	s := &Server{
+		cfg: cfg, log: l, agent: ag, lg: lg,
+		sessions: make(map[string]*session),
+	}
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	s.closing, s.endStreams = context.WithCancel(context.Background())
+	s.routes()
+	if cfg.SyncInterval > 0 {
+		s.wg.Go(s.syncLoop)
+	}
+	lg.Info("event log opened", "db", cfg.DBPath, "epoch", l.Epoch())
+	return s, nil
+}
+
+// Log returns the server's event log (for tests and tools).
+func (s *Server) Log() *eventlog.Log { return s.log }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Serve serves HTTP on ln until Shutdown. It returns http.ErrServerClosed
+// after Shutdown, or the listener's error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelWarn),
+	}
+	s.hs = hs
+	s.mu.Unlock()
+	return hs.Serve(ln)
+}
+
+// Shutdown stops the server gracefully: SSE streams end (clients resume by
+// cursor from the next server), in-flight requests finish, running replies
+// are canceled and recorded as such, and the log is closed. It is
+// idempotent.
+//
+// Errors: ctx.Err() if ctx ends before requests finish (connections are then
+// closed), or the log's Close error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.endStreams()
+		s.mu.Lock()
+		hs := s.hs
+		s.mu.Unlock()
+		var errs []error
+		if hs != nil {
+			if err := hs.Shutdown(ctx); err != nil {
+				errs = append(errs, err)
+				hs.Close()
+			}
+		}
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
+		s.cancelBase()
+		s.wg.Wait()
+		if err := s.log.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		s.shutdownErr = errors.Join(errs...)
+	})
+	return s.shutdownErr
+}
+
+func (s *Server) routes() {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /{$}", s.handleIndex)
+	m.HandleFunc("POST /sessions", s.handleCreate)
+	m.HandleFunc("GET /sessions/{id}", s.withSession(s.handleInfo))
+	m.HandleFunc("GET /sessions/{id}/events", s.withSession(s.handleEvents))
+	m.HandleFunc("GET /sessions/{id}/history", s.withSession(s.handleHistory))
+	m.HandleFunc("POST /sessions/{id}/send", s.withSession(s.handleSend))
+	m.HandleFunc("POST /sessions/{id}/stop", s.withSession(s.handleStop))
+	m.HandleFunc("POST /sessions/{id}/interrupt", s.withSession(s.handleInterrupt))
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	s.mux = m
+}
+
+// errorBody is every error response.
+type errorBody struct {
+	Error string `json:"error"`
+	State string `json:"state,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"encoding the response failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// withSession resolves {id} to a loaded session, answering 404 for an
+// unknown or malformed id.
+func (s *Server) withSession(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if !idPattern.MatchString(id) {
+			writeError(w, http.StatusNotFound, "unknown session")
+			return
+		}
+		sess, err := s.session(r.Context(), id)
+		switch {
+		case errors.Is(err, eventlog.ErrUnknownStream):
+			writeError(w, http.StatusNotFound, "unknown session "+id)
+		case errors.Is(err, eventlog.ErrClosed):
+			writeError(w, http.StatusServiceUnavailable, "server shutting down")
+		case err != nil:
+			s.lg.Error("load session", "session", id, "err", err)
+			writeError(w, http.StatusInternalServerError, "loading the session failed")
+		default:
+			h(w, r, sess)
+		}
+	}
+}
+
+// decodeBody decodes one JSON object from r's body into v, bounded by
+// MaxBodyBytes. It answers the request and returns false on failure.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	if err == nil {
+		return true
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "empty request body: want a JSON object")
+	default:
+		writeError(w, http.StatusBadRequest, "malformed JSON: "+err.Error())
+	}
+	return false
+}
+
+// ParseResumeCursor returns the cursor a client resumes from: the
+// Last-Event-ID header if present (a browser's EventSource sends its latest
+// id there on every reconnect, while its URL keeps the first ?cursor=),
+// else the cursor query parameter, else the zero cursor.
+//
+// Errors: one wrapping eventlog.ErrBadCursor for a malformed value.
+func ParseResumeCursor(header, query string) (eventlog.Cursor, error) {
+	v := header
+	if v == "" {
+		v = query
+	}
+	if v == "" {
+		return eventlog.Cursor{}, nil
+	}
+	return eventlog.ParseCursor(v)
+}

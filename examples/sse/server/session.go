@@ -1,0 +1,696 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/steadfast-go/steadfast/eventlog"
+)
+
+// Stored event types.
+const (
+	TypeUser        = "user"
+	TypeDelta       = "delta"
+	TypeDone        = "done"
+	TypeInterrupted = "interrupted"
+	TypeError       = "error"
+	TypeState       = "state"
+)
+
+// Payloads of stored events (the SSE data field, and history entries).
+type (
+	// UserEvent is a stored user message.
+	UserEvent struct {
+		Key  string `json:"key"`
+		Text string `json:"text"`
+	}
+	// ReplyEvent is a delta, done, interrupted or error event of the reply
+	// to the message with key ReplyTo.
+	ReplyEvent struct {
+		ReplyTo string `json:"reply_to,omitempty"`
+		Text    string `json:"text,omitempty"`
+		Error   string `json:"error,omitempty"`
+	}
+	// StateEvent announces a session state: created, active, error,
+	// detached or ended.
+	StateEvent struct {
+		State  string `json:"state"`
+		Detail string `json:"detail,omitempty"`
+	}
+)
+
+// Limits of a send request.
+const (
+	MaxTextBytes = 16 << 10
+	MaxKeyBytes  = 128
+)
+
+var (
+	errInterrupted = errors.New("interrupted by the user")
+	errStopped     = errors.New("session stopped")
+)
+
+// session is the in-memory side of one stream: the idempotency index and
+// the agent work queue. The stream itself (events, state) is in the log.
+type session struct {
+	id string
+
+	mu         chanMutex
+	keys       map[string]uint64 // idempotency key -> seq of the user event
+	queue      []UserEvent       // accepted, waiting for the agent
+	running    bool              // a worker goroutine is active
+	workerDone chan struct{}     // closed when the running worker exits
+	cancel     context.CancelCauseFunc
+	stopping   bool
+	clients    int       // SSE streams attached
+	lastActive time.Time // last send, reply or client detach
+}
+
+// chanMutex is a mutex whose Lock can be abandoned when a context ends
+// (send handlers must not hang behind a stuck append).
+type chanMutex chan struct{}
+
+func newChanMutex() chanMutex { return make(chanMutex, 1) }
+
+func (m chanMutex) Lock()   { m <- struct{}{} }
+func (m chanMutex) Unlock() { <-m }
+
+func (m chanMutex) LockCtx(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func newSessionID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "s" + hex.EncodeToString(b[:])
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("server: " + err.Error()) // only plain structs of strings are marshaled
+	}
+	return b
+}
+
+// stateName is the state a client sees: an errored session is Suspended in
+// the log.
+func stateName(st eventlog.State) string {
+	if st == eventlog.Suspended {
+		return "error"
+	}
+	return st.String()
+}
+
+// session returns the loaded session id, loading it from the log (after a
+// restart) if needed.
+//
+// Errors: eventlog.ErrUnknownStream, eventlog.ErrClosed, or a read error.
+func (s *Server) session(ctx context.Context, id string) (*session, error) {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess != nil {
+		return sess, nil
+	}
+	st, err := s.log.State(id)
+	if err != nil {
+		return nil, err
+	}
+	sess = &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
+	open, err := s.rebuild(ctx, sess)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if other := s.sessions[id]; other != nil {
+		s.mu.Unlock()
+		return other, nil
+	}
+	s.sessions[id] = sess
+	s.mu.Unlock()
+	// Replies cut short by a crash or restart are closed with an error
+	// event, so every message in a transcript has an outcome.
+	if st != eventlog.Ended {
+		for _, key := range open {
+			s.append(sess, TypeError, ReplyEvent{ReplyTo: key, Error: "reply lost: the server restarted"})
+		}
+	}
+	return sess, nil
+}
+
+// rebuild reads a session's stream to rebuild its idempotency index (so a
+// send retried across a restart still executes once) and returns the keys
+// of messages whose reply never finished.
+func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
+	var (
+		after  uint64
+		buf    []eventlog.Event
+		open   []string
+		isOpen = map[string]bool{}
+	)
+	for {
+		evs, err := s.log.ReadAfterInto(ctx, sess.id, after, 1000, buf)
+		if errors.Is(err, eventlog.ErrCursorExpired) {
+			// Older history was dropped by retention: keys of those
+			// messages are forgotten (the dedup window is the retention).
+			// The log cannot tell the first retained seq, so step forward.
+			after += 1000
+			continue
+		}
+		if errors.Is(err, eventlog.ErrCursorAhead) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, ev := range evs {
+			switch ev.Type {
+			case TypeUser:
+				var u UserEvent
+				if json.Unmarshal(ev.Data, &u) == nil && u.Key != "" {
+					sess.keys[u.Key] = ev.Seq
+					open = append(open, u.Key)
+					isOpen[u.Key] = true
+				}
+			case TypeDone, TypeInterrupted, TypeError:
+				var re ReplyEvent
+				if json.Unmarshal(ev.Data, &re) == nil && re.ReplyTo != "" {
+					isOpen[re.ReplyTo] = false
+				}
+			}
+		}
+		after = evs[len(evs)-1].Seq
+		buf = evs
+	}
+	var still []string
+	for _, k := range open {
+		if isOpen[k] {
+			still = append(still, k)
+		}
+	}
+	return still, nil
+}
+
+// append stores one event; its error is logged and returned.
+func (s *Server) append(sess *session, typ string, payload any) (eventlog.Cursor, error) {
+	c, err := s.log.AppendEvent(context.Background(), sess.id, typ, mustJSON(payload))
+	if err != nil && !errors.Is(err, eventlog.ErrStreamEnded) && !errors.Is(err, eventlog.ErrClosed) {
+		s.lg.Error("append", "session", sess.id, "type", typ, "err", err)
+	}
+	return c, err
+}
+
+// setState stores st and announces it with a state event.
+func (s *Server) setState(sess *session, st eventlog.State, detail string) error {
+	name := stateName(st)
+	if st != eventlog.Ended {
+		if err := s.log.SetState(context.Background(), sess.id, st); err != nil {
+			return err
+		}
+		_, err := s.append(sess, TypeState, StateEvent{State: name, Detail: detail})
+		return err
+	}
+	// The announcement goes first: an ended stream takes no more events.
+	if _, err := s.append(sess, TypeState, StateEvent{State: name, Detail: detail}); err != nil {
+		return err
+	}
+	return s.log.SetState(context.Background(), sess.id, st)
+}
+
+type sessionInfo struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Head  string `json:"head"`
+}
+
+func (s *Server) info(id string) (sessionInfo, error) {
+	st, err := s.log.State(id)
+	if err != nil {
+		return sessionInfo{}, err
+	}
+	h, err := s.log.Head(id)
+	if err != nil {
+		return sessionInfo{}, err
+	}
+	return sessionInfo{ID: id, State: stateName(st), Head: h.String()}, nil
+}
+
+func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
+	id := newSessionID()
+	sess := &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
+	if err := s.setState(sess, eventlog.Created, ""); err != nil {
+		s.internalError(w, "create session", id, err)
+		return
+	}
+	s.mu.Lock()
+	s.sessions[id] = sess
+	s.mu.Unlock()
+	inf, err := s.info(id)
+	if err != nil {
+		s.internalError(w, "create session", id, err)
+		return
+	}
+	s.lg.Info("session created", "session", id)
+	writeJSON(w, http.StatusCreated, inf)
+}
+
+func (s *Server) internalError(w http.ResponseWriter, op, id string, err error) {
+	if errors.Is(err, eventlog.ErrClosed) {
+		writeError(w, http.StatusServiceUnavailable, "server shutting down")
+		return
+	}
+	s.lg.Error(op, "session", id, "err", err)
+	writeError(w, http.StatusInternalServerError, op+" failed")
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request, sess *session) {
+	inf, err := s.info(sess.id)
+	if err != nil {
+		s.internalError(w, "session info", sess.id, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, inf)
+}
+
+// SendRequest is the body of POST /sessions/{id}/send.
+type SendRequest struct {
+	Text           string `json:"text"`
+	IdempotencyKey string `json:"idempotency_key"`
+}
+
+// SendResponse answers a send: Status is "accepted" (202) or "duplicate"
+// (200, the key was seen before and nothing was executed again); ID is the
+// cursor of the stored user event.
+type SendResponse struct {
+	Status string `json:"status"`
+	ID     string `json:"id"`
+}
+
+func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *session) {
+	var req SendRequest
+	if !s.decodeBody(w, r, &req) {
+		return
+	}
+	switch {
+	case req.IdempotencyKey == "":
+		writeError(w, http.StatusBadRequest, "idempotency_key is required")
+		return
+	case len(req.IdempotencyKey) > MaxKeyBytes:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("idempotency_key longer than %d bytes", MaxKeyBytes))
+		return
+	case strings.TrimSpace(req.Text) == "":
+		writeError(w, http.StatusBadRequest, "text is empty")
+		return
+	case len(req.Text) > MaxTextBytes:
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("text longer than %d bytes", MaxTextBytes))
+		return
+	case !utf8.ValidString(req.Text):
+		writeError(w, http.StatusBadRequest, "text is not valid UTF-8")
+		return
+	}
+	if err := sess.mu.LockCtx(r.Context()); err != nil {
+		return // the client left
+	}
+	defer sess.mu.Unlock()
+	if seq, ok := sess.keys[req.IdempotencyKey]; ok {
+		writeJSON(w, http.StatusOK, SendResponse{Status: "duplicate", ID: s.log.Cursor(seq).String()})
+		return
+	}
+	st, err := s.log.State(sess.id)
+	if err != nil {
+		s.internalError(w, "send", sess.id, err)
+		return
+	}
+	if st == eventlog.Ended || sess.stopping {
+		writeJSON(w, http.StatusConflict, errorBody{Error: "session ended", State: "ended"})
+		return
+	}
+	if len(sess.queue) >= s.cfg.MaxPending {
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d messages already wait for the agent", len(sess.queue)))
+		return
+	}
+	if st != eventlog.Active {
+		if err := s.setState(sess, eventlog.Active, ""); err != nil {
+			s.internalError(w, "send", sess.id, err)
+			return
+		}
+	}
+	msg := UserEvent{Key: req.IdempotencyKey, Text: req.Text}
+	c, err := s.append(sess, TypeUser, msg)
+	if err != nil {
+		s.internalError(w, "send", sess.id, err)
+		return
+	}
+	sess.keys[msg.Key] = c.Seq
+	sess.queue = append(sess.queue, msg)
+	sess.lastActive = time.Now()
+	s.startWorker(sess)
+	writeJSON(w, http.StatusAccepted, SendResponse{Status: "accepted", ID: c.String()})
+}
+
+// startWorker starts the session's agent worker unless it runs. Called
+// with sess.mu held.
+func (s *Server) startWorker(sess *session) {
+	if sess.running {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return // the accepted messages get "reply lost" after the restart
+	}
+	sess.running = true
+	done := make(chan struct{})
+	sess.workerDone = done
+	s.wg.Go(func() {
+		defer close(done)
+		s.work(sess)
+	})
+}
+
+// work runs the agent on the session's queued messages, one at a time, in
+// order.
+func (s *Server) work(sess *session) {
+	for {
+		sess.mu.Lock()
+		if len(sess.queue) == 0 || sess.stopping || s.baseCtx.Err() != nil {
+			for _, m := range sess.queue {
+				// Shutdown with messages still waiting: they were stored,
+				// so tell the client they were not answered.
+				s.append(sess, TypeError, ReplyEvent{ReplyTo: m.Key, Error: "not answered: server shutting down"})
+			}
+			sess.queue = nil
+			sess.running = false
+			sess.cancel = nil
+			sess.lastActive = time.Now()
+			sess.mu.Unlock()
+			return
+		}
+		msg := sess.queue[0]
+		sess.queue = sess.queue[1:]
+		ctx, cancel := context.WithCancelCause(s.baseCtx)
+		sess.cancel = cancel
+		sess.mu.Unlock()
+
+		final := s.execute(ctx, sess, msg)
+		cancel(nil)
+
+		// The reply's final event is stored with the bookkeeping done, so a
+		// client that sees it sees an idle session.
+		sess.mu.Lock()
+		sess.cancel = nil
+		sess.lastActive = time.Now()
+		last := len(sess.queue) == 0 && !sess.stopping
+		if last {
+			sess.running = false
+		}
+		if final != nil {
+			final()
+		}
+		sess.mu.Unlock()
+		if last {
+			return
+		}
+	}
+}
+
+// execute runs the agent on one message and returns the storing of its
+// outcome (nil if there is none to store). A panic or error of the agent
+// never escapes: the origin's server died when its agent's interrupt()
+// threw, and lost every session's in-memory state.
+func (s *Server) execute(ctx context.Context, sess *session, msg UserEvent) (final func()) {
+	emit := func(text string) error {
+		if text == "" {
+			return nil
+		}
+		_, err := s.append(sess, TypeDelta, ReplyEvent{ReplyTo: msg.Key, Text: text})
+		return err
+	}
+	err := s.safeReply(ctx, Request{Session: sess.id, Key: msg.Key, Text: msg.Text}, emit)
+	cause := context.Cause(ctx)
+	var pe *panicError
+	switch {
+	case errors.As(err, &pe):
+		return func() { s.agentFailed(sess, msg, err) }
+	case err == nil:
+		return func() { s.append(sess, TypeDone, ReplyEvent{ReplyTo: msg.Key}) }
+	case ctx.Err() != nil && (errors.Is(cause, errInterrupted) || errors.Is(cause, errStopped)):
+		// Stop waits for this event before it ends the stream.
+		return func() { s.append(sess, TypeInterrupted, ReplyEvent{ReplyTo: msg.Key}) }
+	case ctx.Err() != nil:
+		return func() {
+			s.append(sess, TypeError, ReplyEvent{ReplyTo: msg.Key, Error: "reply cut short: server shutting down"})
+		}
+	case errors.Is(err, eventlog.ErrStreamEnded), errors.Is(err, eventlog.ErrClosed):
+		return nil
+	default:
+		return func() { s.agentFailed(sess, msg, err) }
+	}
+}
+
+// agentFailed records a failed reply and moves the session to the error
+// state (Suspended in the log: not synced; the next send restarts the
+// agent).
+func (s *Server) agentFailed(sess *session, msg UserEvent, err error) {
+	s.lg.Warn("agent failed", "session", sess.id, "key", msg.Key, "err", err)
+	s.append(sess, TypeError, ReplyEvent{ReplyTo: msg.Key, Error: err.Error()})
+	if serr := s.setState(sess, eventlog.Suspended, err.Error()); serr != nil && !errors.Is(serr, eventlog.ErrStreamEnded) && !errors.Is(serr, eventlog.ErrClosed) {
+		s.lg.Error("set error state", "session", sess.id, "err", serr)
+	}
+}
+
+// panicError is an agent panic turned into an error.
+type panicError struct{ v any }
+
+func (e *panicError) Error() string { return fmt.Sprintf("agent panicked: %v", e.v) }
+
+// safeReply calls the agent, turning a panic into a *panicError.
+func (s *Server) safeReply(ctx context.Context, req Request, emit func(string) error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &panicError{v}
+		}
+	}()
+	return s.agent.Reply(ctx, req, emit)
+}
+
+// ControlResponse answers stop and interrupt.
+type ControlResponse struct {
+	State       string `json:"state"`
+	Already     bool   `json:"already,omitempty"`
+	Interrupted bool   `json:"interrupted"`
+}
+
+func (s *Server) handleStop(w http.ResponseWriter, r *http.Request, sess *session) {
+	if err := sess.mu.LockCtx(r.Context()); err != nil {
+		return
+	}
+	st, err := s.log.State(sess.id)
+	if err != nil {
+		sess.mu.Unlock()
+		s.internalError(w, "stop", sess.id, err)
+		return
+	}
+	if st == eventlog.Ended || sess.stopping {
+		sess.mu.Unlock()
+		writeJSON(w, http.StatusOK, ControlResponse{State: "ended", Already: true})
+		return
+	}
+	sess.stopping = true
+	interrupted := sess.cancel != nil
+	if sess.cancel != nil {
+		sess.cancel(errStopped)
+	}
+	waiting := sess.queue
+	sess.queue = nil
+	done := sess.workerDone
+	running := sess.running
+	sess.mu.Unlock()
+	if running {
+		select {
+		case <-done:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	for _, m := range waiting {
+		s.append(sess, TypeError, ReplyEvent{ReplyTo: m.Key, Error: "not answered: session stopped"})
+	}
+	if err := s.setState(sess, eventlog.Ended, "stopped"); err != nil && !errors.Is(err, eventlog.ErrStreamEnded) {
+		s.internalError(w, "stop", sess.id, err)
+		return
+	}
+	s.lg.Info("session stopped", "session", sess.id)
+	writeJSON(w, http.StatusOK, ControlResponse{State: "ended", Interrupted: interrupted})
+}
+
+func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, sess *session) {
+	if err := sess.mu.LockCtx(r.Context()); err != nil {
+		return
+	}
+	defer sess.mu.Unlock()
+	st, err := s.log.State(sess.id)
+	if err != nil {
+		s.internalError(w, "interrupt", sess.id, err)
+		return
+	}
+	if st == eventlog.Ended || sess.stopping {
+		writeJSON(w, http.StatusConflict, errorBody{Error: "session ended: nothing to interrupt", State: "ended"})
+		return
+	}
+	interrupted := sess.cancel != nil
+	if interrupted {
+		sess.cancel(errInterrupted)
+	}
+	writeJSON(w, http.StatusOK, ControlResponse{State: stateName(st), Interrupted: interrupted})
+}
+
+// HistoryEvent is one entry of GET /sessions/{id}/history.
+type HistoryEvent struct {
+	ID   string          `json:"id"`
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+// HistoryResponse is the body of GET /sessions/{id}/history: the events
+// before the given position, oldest first, and whether older ones exist.
+type HistoryResponse struct {
+	Events []HistoryEvent `json:"events"`
+	More   bool           `json:"more"`
+}
+
+func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *session) {
+	q := r.URL.Query()
+	limit := DefaultHistoryLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxHistoryLimit {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit must be 1..%d", MaxHistoryLimit))
+			return
+		}
+		limit = n
+	}
+	head, err := s.log.Head(sess.id)
+	if err != nil {
+		s.internalError(w, "history", sess.id, err)
+		return
+	}
+	before := head.Seq + 1
+	if v := q.Get("before"); v != "" {
+		if n, perr := strconv.ParseUint(v, 10, 64); perr == nil {
+			before = n
+		} else {
+			c, cerr := eventlog.ParseCursor(v)
+			if cerr != nil {
+				writeError(w, http.StatusBadRequest, "bad before: want a cursor <epoch>:<seq> or a seq")
+				return
+			}
+			if !c.IsZero() && c.Epoch != s.log.Epoch() {
+				writeJSON(w, http.StatusConflict, errorBody{Error: "cursor from another epoch: reload"})
+				return
+			}
+			before = c.Seq
+		}
+	}
+	if before > head.Seq+1 {
+		writeError(w, http.StatusBadRequest, "before is beyond the head of the session")
+		return
+	}
+	var after uint64
+	if before > uint64(limit)+1 {
+		after = before - 1 - uint64(limit)
+	}
+	resp := HistoryResponse{Events: []HistoryEvent{}, More: after > 0}
+	n := int(before - 1 - after)
+	if n > 0 {
+		evs, err := s.log.ReadAfter(r.Context(), sess.id, after, n)
+		if errors.Is(err, eventlog.ErrCursorExpired) {
+			writeError(w, http.StatusGone, "that history is no longer retained")
+			return
+		}
+		if err != nil {
+			s.internalError(w, "history", sess.id, err)
+			return
+		}
+		for _, ev := range evs {
+			resp.Events = append(resp.Events, HistoryEvent{ID: s.log.Cursor(ev.Seq).String(), Type: ev.Type, Data: json.RawMessage(ev.Data)})
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// syncLoop runs the periodic session sync round until Shutdown.
+func (s *Server) syncLoop() {
+	err := s.log.SyncEvery(s.baseCtx, s.cfg.SyncInterval, s.loadedIDs, s.syncSession, s.syncReport)
+	if err != nil && s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+		s.lg.Error("sync loop stopped", "err", err)
+	}
+}
+
+func (s *Server) loadedIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.sessions))
+	for id := range s.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// SyncOnce runs one sync round over the loaded sessions now and returns its
+// report (the loop runs it every SyncInterval).
+//
+// Errors: as eventlog.Log.Sync.
+func (s *Server) SyncOnce(ctx context.Context) (eventlog.SyncReport, error) {
+	return s.log.Sync(ctx, s.loadedIDs(), s.syncSession)
+}
+
+// syncSession is called for syncable sessions only (created, starting,
+// active): the origin synced every watched session, including suspended
+// and detached ones, and replayed thousands of events nobody waited for. A
+// session with no client and no reply running for IdleTimeout is marked
+// Detached, so later rounds skip it.
+func (s *Server) syncSession(ctx context.Context, id string, st eventlog.State) error {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess == nil {
+		return nil
+	}
+	if err := sess.mu.LockCtx(ctx); err != nil {
+		return err
+	}
+	defer sess.mu.Unlock()
+	if st != eventlog.Active || sess.running || sess.clients > 0 || time.Since(sess.lastActive) < s.cfg.IdleTimeout {
+		return nil
+	}
+	return s.setState(sess, eventlog.Detached, "no client")
+}
+
+func (s *Server) syncReport(r eventlog.SyncReport) {
+	for _, f := range r.Failed {
+		s.lg.Warn("sync failed", "session", f.Stream, "err", f.Err)
+	}
+	if len(r.Unknown) > 0 {
+		s.lg.Warn("sync: sessions missing from the log", "sessions", r.Unknown)
+	}
+	s.lg.Debug("sync round", "synced", len(r.Synced), "skipped", len(r.Skipped))
+}
