@@ -3,7 +3,9 @@ package keyedlock
 import (
 	"context"
 	"hash/maphash"
+	"math"
 	"math/bits"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,10 +17,12 @@ import (
 // Ordering: for each key, Lock calls acquire the key in the order in which
 // they started waiting (FIFO). Unlock hands the key directly to the oldest
 // waiter, so a goroutine that arrives later can never overtake one that
-// is already queued, and TryLock fails while anyone waits. As with
-// [sync.Mutex], the n'th Unlock of a key synchronizes before the Lock that
-// it hands the key to returns. Different keys are independent: waiting for
-// one key never delays another.
+// is already queued, and TryLock fails while anyone waits. In the
+// terminology of the Go memory model, for any key k and n < m, the n'th
+// call to Unlock(k) is synchronized before the m'th successful Lock(k) or
+// TryLock(k) returns, just as for a [sync.Mutex]. Different keys are
+// independent: waiting for one key never delays another, and nothing is
+// synchronized between operations on different keys.
 //
 // A Map is safe for concurrent use by multiple goroutines. The zero value is
 // an empty Map with [DefaultShards] shards and no hook, ready to use. A Map
@@ -26,21 +30,24 @@ import (
 //
 // A locked key is not associated with a particular goroutine: one goroutine
 // may Lock a key and arrange for another to Unlock it.
+//
+// Keys are compared with ==, as in a Go map: a key whose dynamic type is not
+// comparable (possible when K is an interface type) makes the call panic,
+// and a key that is not equal to itself (a floating-point NaN) can be
+// locked but never unlocked.
 type Map[K comparable] struct {
 	once  sync.Once
 	table atomic.Pointer[table[K]] // set once by init; immutable afterwards
 	cfg   config                   // set by New before the Map is shared
-
-	// Contention counters; only the slow path touches them.
-	waitNanos atomic.Int64
 }
 
 // table is the immutable sharding layout of a Map.
 type table[K comparable] struct {
-	seed   maphash.Seed
-	mask   uint64
-	hook   func(time.Duration)
-	shards []shard[K]
+	seed    maphash.Seed
+	strSeed uint64 // seed of hashString, random per Map
+	mask    uint64
+	hook    func(time.Duration)
+	shards  []shard[K]
 }
 
 // shard holds the state of the keys that hash to it. mu is held only for
@@ -67,9 +74,15 @@ type shard[K comparable] struct {
 	// peak is the largest len(more) since more was last rebuilt: Go maps
 	// never shrink, so a shard rebuilds its map when it drops far below it.
 	peak      int
-	contended uint64 // Lock calls that had to queue; guarded by mu
-	canceled  uint64 // queued Lock calls whose context ended; guarded by mu
-	waiting   int    // goroutines queued in this shard; guarded by mu
+	contended uint64        // Lock calls that had to queue; guarded by mu
+	canceled  uint64        // queued Lock calls whose context ended; guarded by mu
+	waited    time.Duration // total queued time, saturating; guarded by mu
+	waiting   int           // goroutines queued in this shard; guarded by mu
+
+	// Keep neighbouring shards off each other's cache lines, so that two
+	// cores working on keys in adjacent shards do not slow each other down
+	// (false sharing). 64 bytes is the line size of amd64 and most arm64.
+	_ [64]byte
 }
 
 // slot is an inline entry of a shard: a held key and its waiter queue (nil
@@ -99,9 +112,10 @@ type queue struct {
 type waiter struct {
 	cond       sync.Cond // cond.L is the shard mutex
 	prev, next *waiter
-	// granted is set when Unlock hands the key over; canceled when the
-	// waiter's context ends first. Whichever is set first under the shard
-	// mutex wins, so a hand-off and a cancellation can never both happen.
+	// granted is set when Unlock pops the waiter and hands it the key;
+	// canceled when the context watcher removes it from the queue first.
+	// Both happen under the shard mutex, and a waiter that has left the
+	// queue can no longer be popped, so at most one of them is ever set.
 	// Both guarded by the shard mutex.
 	granted, canceled bool
 }
@@ -125,7 +139,8 @@ const (
 	smallMap      = 8
 )
 
-// New returns an empty Map configured by opts.
+// New returns an empty Map configured by opts; nil options are ignored.
+// Use New when you need options; otherwise the zero Map is equivalent.
 func New[K comparable](opts ...Option) *Map[K] {
 	m := new(Map[K])
 	for _, o := range opts {
@@ -148,27 +163,32 @@ func (m *Map[K]) init() *table[K] {
 		}
 		n = 1 << bits.Len(uint(n-1)) // round up to a power of two
 		m.table.Store(&table[K]{
-			seed:   maphash.MakeSeed(),
-			mask:   uint64(n - 1),
-			hook:   m.cfg.waitHook,
-			shards: make([]shard[K], n),
+			seed:    maphash.MakeSeed(),
+			strSeed: rand.Uint64(),
+			mask:    uint64(n - 1),
+			hook:    m.cfg.waitHook,
+			shards:  make([]shard[K], n),
 		})
 	})
 	return m.table.Load()
 }
 
-func (m *Map[K]) tab() *table[K] {
-	if t := m.table.Load(); t != nil {
-		return t
+// locate returns the Map's table, key's shard and key's tag: the key's
+// hash with the low bit set, so that a tag is never 0 (which marks a free
+// inline slot). It initializes a zero Map on first use. It is one call on
+// the hot path of every operation, so it does all of that in one place.
+func (m *Map[K]) locate(key K) (*table[K], *shard[K], uint64) {
+	t := m.table.Load()
+	if t == nil {
+		t = m.init()
 	}
-	return m.init()
-}
-
-// locate returns key's shard and its tag: the key's hash with the low bit
-// set, so that a tag is never 0 (which marks a free inline slot).
-func (t *table[K]) locate(key K) (*shard[K], uint64) {
-	h := maphash.Comparable(t.seed, key)
-	return &t.shards[h&t.mask], h | 1
+	var h uint64
+	if s, ok := any(key).(string); ok {
+		h = hashString(t.strSeed, s) // see hash.go
+	} else {
+		h = maphash.Comparable(t.seed, key)
+	}
+	return t, &t.shards[h&t.mask], h | 1
 }
 
 // Lock acquires key, waiting behind earlier callers if it is held.
@@ -178,9 +198,10 @@ func (t *table[K]) locate(key K) (*shard[K], uint64) {
 // for the cause), holds nothing, and leaves the order of the other waiters
 // unchanged. A hand-off and a cancellation are decided under one mutex, so
 // exactly one of them wins: either Lock returns nil and the caller holds
-// the key, or the key goes to the next waiter; it is never lost. Lock
-// returns nil once the key is held; the caller must then call Unlock
-// exactly once.
+// the key, or the key goes to the next waiter; it is never lost. If ctx
+// ends at about the moment the key is handed over, either outcome is
+// possible, so check Lock's error rather than ctx. Lock returns nil once
+// the key is held; the caller must then call Unlock exactly once.
 //
 // Waiting with a context that can end registers a [context.AfterFunc]
 // callback, which allocates; with a context that never ends, and whenever
@@ -189,8 +210,7 @@ func (m *Map[K]) Lock(ctx context.Context, key K) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	t := m.tab()
-	s, tag := t.locate(key)
+	t, s, tag := m.locate(key)
 	s.mu.Lock()
 	i, q, held := s.find(tag, key)
 	if !held {
@@ -222,6 +242,15 @@ func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, q *q
 		stop = context.AfterFunc(ctx, func() {
 			s.mu.Lock()
 			if !w.granted {
+				// Leave the queue here, under the mutex that Unlock
+				// holds to pick the next owner: from now on no Unlock
+				// can hand the key to this waiter, and Status stops
+				// counting it at once. The queue is a doubly linked
+				// list, so only w's neighbours change and the order of
+				// the others is kept.
+				q.remove(w)
+				s.waiting--
+				s.canceled++
 				w.canceled = true
 				w.cond.Signal()
 			}
@@ -232,16 +261,9 @@ func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, q *q
 		w.cond.Wait()
 	}
 	granted := w.granted
-	if !granted {
-		// Leaving the queue keeps the others' order: it is a doubly
-		// linked list and only w's neighbours change.
-		q.remove(w)
-		s.waiting--
-		s.canceled++
-	}
-	s.mu.Unlock()
 	waited := time.Since(start)
-	m.waitNanos.Add(int64(waited))
+	s.waited = addSaturating(s.waited, waited)
+	s.mu.Unlock()
 
 	// If the watcher already ran (or is running) it may still touch w, so
 	// w is recycled only if the watcher was stopped before it started.
@@ -261,6 +283,16 @@ func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, q *q
 	return nil
 }
 
+// addSaturating returns a+b (both non-negative), or the largest Duration
+// if the sum overflows: a cumulative wait time pins at its maximum
+// rather than wrapping negative.
+func addSaturating(a, b time.Duration) time.Duration {
+	if b > 0 && a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
 // runHook calls hook for a caller that now holds key, unlocking key if the
 // hook panics so that the panic does not leave the key locked forever.
 func (m *Map[K]) runHook(hook func(time.Duration), waited time.Duration, key K) {
@@ -275,10 +307,13 @@ func (m *Map[K]) runHook(hook func(time.Duration), waited time.Duration, key K) 
 }
 
 // TryLock acquires key if it is free and reports whether it did. It never
-// blocks. It fails if the key is held, which includes every time anyone is
-// waiting for it, so TryLock never jumps the FIFO queue.
+// waits for the key (it only takes an internal shard mutex for a few
+// instructions). It fails if the key is held, which includes every time
+// anyone is waiting for it, so TryLock never jumps the FIFO queue. It has
+// no error: false is the only failure. After a true result the caller must
+// call Unlock exactly once.
 func (m *Map[K]) TryLock(key K) bool {
-	s, tag := m.tab().locate(key)
+	_, s, tag := m.locate(key)
 	s.mu.Lock()
 	if _, _, held := s.find(tag, key); held {
 		s.mu.Unlock()
@@ -295,20 +330,33 @@ func (m *Map[K]) TryLock(key K) bool {
 // Unlock panics with "keyedlock: unlock of unlocked key" if key is not
 // held, like sync.Mutex does; that is always a bug in the caller.
 func (m *Map[K]) Unlock(key K) {
-	s, tag := m.tab().locate(key)
+	_, s, tag := m.locate(key)
 	s.mu.Lock()
 	i, q, held := s.find(tag, key)
 	if !held {
 		s.mu.Unlock()
 		panic("keyedlock: unlock of unlocked key")
 	}
+	if q == nil && i != notInline {
+		// The common case, inlined: an inline key nobody waits for.
+		s.tags[i] = 0
+		s.slots[i] = slot[K]{}
+		s.mu.Unlock()
+		return
+	}
 	s.release(i, key, q)
 	s.mu.Unlock()
 }
 
 // Do locks key, calls fn, and unlocks key, even if fn panics (the panic
-// continues after the key is unlocked). It returns the error from Lock
-// (ctx.Err(), in which case fn is not called) or else fn's error.
+// continues after the key is unlocked), so a caller cannot forget to
+// unlock. Calls for the same key run fn one at a time, in the order in
+// which they called Do.
+//
+// Errors: if ctx ends before the key is acquired, Do returns ctx.Err()
+// without calling fn; otherwise it returns fn's error unchanged (nil
+// included). ctx is used only for waiting: ending it while fn runs does
+// not interrupt fn, which should watch ctx itself if it needs to.
 func (m *Map[K]) Do(ctx context.Context, key K, fn func() error) error {
 	if err := m.Lock(ctx, key); err != nil {
 		return err
@@ -318,7 +366,7 @@ func (m *Map[K]) Do(ctx context.Context, key K, fn func() error) error {
 }
 
 // Status reports whether key is held and how many goroutines are queued
-// for it.
+// for it. It is a plain value: a snapshot, safe to copy and compare.
 type Status struct {
 	Held    bool // some caller holds the key
 	Waiters int  // Lock calls queued for the key, not counting the holder
@@ -327,13 +375,15 @@ type Status struct {
 // Status returns a snapshot of key's state, for example to show a
 // "waiting" indicator. It takes the shard mutex only briefly and never
 // waits for the key itself, so it cannot delay or reorder lockers; the
-// state may of course change as soon as it returns.
+// state may of course change as soon as it returns. A waiter whose
+// context has ended is no longer counted, even if its goroutine has not
+// yet run. Status never fails: a key that is not in use reports the zero
+// Status.
 func (m *Map[K]) Status(key K) Status {
-	t := m.table.Load()
-	if t == nil {
-		return Status{}
+	if m.table.Load() == nil {
+		return Status{} // never used: avoid allocating the shards
 	}
-	s, tag := t.locate(key)
+	_, s, tag := m.locate(key)
 	s.mu.Lock()
 	_, q, held := s.find(tag, key)
 	st := Status{Held: held}
@@ -344,21 +394,24 @@ func (m *Map[K]) Status(key K) Status {
 	return st
 }
 
-// Stats are cumulative counters and current gauges of a Map. The counters
-// never decrease.
+// Stats are cumulative counters and current gauges of a Map, as returned by
+// [Map.Stats]. The counters never decrease (a uint64 counter would take
+// centuries to wrap; WaitTime saturates instead of wrapping). It is a plain
+// value, safe to copy.
 type Stats struct {
 	Acquires  uint64        // successful Lock and TryLock calls
 	Contended uint64        // Lock calls that found the key held and queued
-	Canceled  uint64        // queued Lock calls that returned because ctx ended
-	WaitTime  time.Duration // total time spent queued, by all Lock calls
+	Canceled  uint64        // queued Lock calls that gave up because ctx ended
+	WaitTime  time.Duration // total time spent queued by all Lock calls; saturates at the largest Duration
 	Held      int           // keys held now
 	Waiters   int           // Lock calls queued now
 }
 
-// Stats returns the Map's counters. Shards are read one after another, so
+// Stats returns the Map's counters; it never fails. It locks each shard
+// mutex briefly, one after another, and never waits for a key, so
 // under concurrent use the result is not an atomic snapshot, but each
 // counter includes every operation that completed before Stats was called.
-// WaitTime is added when a queued Lock call returns.
+// A queued Lock call's wait is added to WaitTime when it stops waiting.
 func (m *Map[K]) Stats() Stats {
 	var st Stats
 	t := m.table.Load()
@@ -378,9 +431,9 @@ func (m *Map[K]) Stats() Stats {
 			}
 		}
 		st.Waiters += s.waiting
+		st.WaitTime = addSaturating(st.WaitTime, s.waited)
 		s.mu.Unlock()
 	}
-	st.WaitTime = time.Duration(m.waitNanos.Load())
 	return st
 }
 

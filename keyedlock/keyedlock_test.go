@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"weak"
 
 	"go.uber.org/goleak"
 
@@ -198,7 +200,10 @@ func TestMutualExclusionManyKeys(t *testing.T) {
 
 // TestDifferentKeysNeverWait proves guarantee 2: while one key is held
 // (with a queue behind it), other keys, even ones in the same shard, are
-// locked and unlocked without waiting.
+// locked and unlocked without waiting. The other keys are worked on from a
+// separate goroutine with a deadline, so that an implementation that keeps
+// a shard (or global) lock while a caller waits fails here instead of
+// hanging the test binary.
 func TestDifferentKeysNeverWait(t *testing.T) {
 	for _, shards := range []int{1, keyedlock.DefaultShards} {
 		t.Run(strconv.Itoa(shards), func(t *testing.T) {
@@ -208,14 +213,28 @@ func TestDifferentKeysNeverWait(t *testing.T) {
 				t.Fatal(err)
 			}
 			waiter := enqueue(t, m, ctx, "busy", 1)
-			for i := range 100 {
-				k := "other-" + strconv.Itoa(i)
-				if !m.TryLock(k) {
-					t.Fatalf("TryLock(%q) failed while only %q is held", k, "busy")
+			others := make(chan error, 1)
+			go func() {
+				for i := range 100 {
+					k := "other-" + strconv.Itoa(i)
+					if !m.TryLock(k) {
+						others <- fmt.Errorf("TryLock(%q) failed while only %q is held", k, "busy")
+						return
+					}
 				}
-			}
-			for i := range 100 {
-				m.Unlock("other-" + strconv.Itoa(i))
+				for i := range 100 {
+					k := "other-" + strconv.Itoa(i)
+					if err := m.Lock(ctx, k+"-b"); err != nil {
+						others <- err
+						return
+					}
+					m.Unlock(k + "-b")
+					m.Unlock(k)
+				}
+				others <- nil
+			}()
+			if err := await(t, "work on other keys", others); err != nil {
+				t.Fatal(err)
 			}
 			mustNotReturn(t, "waiter", waiter)
 			m.Unlock("busy")
@@ -225,6 +244,38 @@ func TestDifferentKeysNeverWait(t *testing.T) {
 			m.Unlock("busy")
 		})
 	}
+}
+
+// TestWaitTimeSaturates: the cumulative wait time in Stats pins at the
+// largest Duration instead of wrapping around to a negative value. Two
+// waiters each queue for 200 (fake) years, 400 years in total, more than
+// an int64 of nanoseconds holds.
+func TestWaitTimeSaturates(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := keyedlock.New[string]()
+		ctx := t.Context()
+		if err := m.Lock(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if err := m.Lock(ctx, "k"); err != nil {
+					t.Error(err)
+					return
+				}
+				m.Unlock("k")
+			})
+		}
+		synctest.Wait()
+		const long = 200 * 365 * 24 * time.Hour
+		time.Sleep(long)
+		m.Unlock("k")
+		wg.Wait()
+		if got := m.Stats().WaitTime; got != math.MaxInt64 {
+			t.Fatalf("WaitTime = %v after 2 waits of %v, want saturated at %v", got, long, time.Duration(math.MaxInt64))
+		}
+	})
 }
 
 // TestCancelMiddleWaiter proves guarantee 3: a waiter whose context ends
@@ -565,6 +616,99 @@ func TestWaitHookPanicReleasesKey(t *testing.T) {
 	}
 }
 
+// TestWaitHookRunsOutsideLocks proves guarantee 7's "outside any internal
+// lock": the hook calls back into the Map, on the same key and (with one
+// shard) the same shard mutex, for a waiter that acquired the key and for
+// one whose context ended. Were the hook called under an internal mutex,
+// these calls would deadlock and the Lock calls below would never return.
+func TestWaitHookRunsOutsideLocks(t *testing.T) {
+	var m *keyedlock.Map[string]
+	var seen []keyedlock.Status // appended by Lock callers, one at a time
+	var seenMu sync.Mutex
+	m = keyedlock.New[string](keyedlock.WithShards(1), keyedlock.WithWaitHook(func(time.Duration) {
+		st := m.Status("k")
+		_ = m.Stats()
+		if m.TryLock("other") {
+			m.Unlock("other")
+		}
+		seenMu.Lock()
+		seen = append(seen, st)
+		seenMu.Unlock()
+	}))
+	ctx := t.Context()
+	if err := m.Lock(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	canceled := enqueue(t, m, cctx, "k", 1)
+	acquirer := enqueue(t, m, ctx, "k", 2)
+	cancel()
+	if err := await(t, "canceled waiter", canceled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled waiter: %v", err)
+	}
+	m.Unlock("k")
+	if err := await(t, "waiter", acquirer); err != nil {
+		t.Fatal(err)
+	}
+	m.Unlock("k")
+	seenMu.Lock()
+	defer seenMu.Unlock()
+	if len(seen) != 2 || !seen[0].Held || !seen[1].Held || seen[1].Waiters != 0 {
+		t.Fatalf("hook saw %+v, want two calls, each seeing the key held", seen)
+	}
+}
+
+// TestStatusNeverInconsistent hammers a few keys while polling Status: a
+// key with waiters is always held (waiters never pile up on a free key,
+// which would mean a lost hand-off), and Stats gauges never go negative.
+func TestStatusNeverInconsistent(t *testing.T) {
+	var m keyedlock.Map[int]
+	ctx := t.Context()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				k := (g + i) % 2
+				if err := m.Lock(ctx, k); err != nil {
+					t.Error(err)
+					return
+				}
+				m.Unlock(k)
+			}
+		})
+	}
+	polled := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				polled <- nil
+				return
+			default:
+			}
+			for k := range 2 {
+				if st := m.Status(k); st.Waiters > 0 && !st.Held {
+					polled <- fmt.Errorf("key %d: %d waiters but not held", k, st.Waiters)
+					return
+				}
+			}
+			if st := m.Stats(); st.Held < 0 || st.Waiters < 0 || st.Held > 2 {
+				polled <- fmt.Errorf("Stats gauges out of range: %+v", st)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	if err := <-polled; err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Stats(); st.Held != 0 || st.Waiters != 0 || st.Acquires != 4*2000 {
+		t.Fatalf("Stats = %+v after all work finished", st)
+	}
+}
+
 // TestIdleKeysReturnMemory proves guarantee 5: after 1,000,000 distinct
 // keys were all held and then released, and again after a million more
 // were locked and released one by one, the live heap is back within 64 KiB
@@ -609,6 +753,39 @@ func TestIdleKeysReturnMemory(t *testing.T) {
 	}
 	runtime.KeepAlive(m)
 	runtime.KeepAlive(keys)
+}
+
+// TestIdleKeyIsNotRetained: once a key is idle the Map keeps no reference
+// to it, whether it sat in a shard's inline slots or in its overflow map,
+// so a pointer key (or anything a key refers to) can be collected.
+func TestIdleKeyIsNotRetained(t *testing.T) {
+	type session struct{ buf [1 << 10]byte }
+	for _, held := range []int{1, 3, 50} { // 3 and 50 overflow the inline slots of one shard
+		t.Run(strconv.Itoa(held), func(t *testing.T) {
+			m := keyedlock.New[*session](keyedlock.WithShards(1))
+			weaks := make([]weak.Pointer[session], held)
+			func() {
+				keys := make([]*session, held)
+				for i := range keys {
+					keys[i] = new(session)
+					weaks[i] = weak.Make(keys[i])
+					if !m.TryLock(keys[i]) {
+						t.Fatal("TryLock of a fresh key failed")
+					}
+				}
+				for _, k := range keys {
+					m.Unlock(k)
+				}
+			}()
+			runtime.GC()
+			for i, w := range weaks {
+				if w.Value() != nil {
+					t.Fatalf("key %d of %d is still reachable after it went idle", i, held)
+				}
+			}
+			runtime.KeepAlive(m)
+		})
+	}
 }
 
 func liveHeap() uint64 {

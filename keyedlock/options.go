@@ -28,7 +28,8 @@ func (f optionFunc) apply(c *config) { f(c) }
 // WithShards sets the number of shards, rounded up to a power of two and
 // clamped to [1, MaxShards]. A value below 1 selects [DefaultShards]. More
 // shards lower the chance that two busy keys touch the same shard mutex on
-// machines with many cores; each shard costs a cache line or two of memory.
+// machines with many cores; each shard costs about 200 bytes (for string
+// keys), padded so that neighbouring shards never share a cache line.
 func WithShards(n int) Option {
 	return optionFunc(func(c *config) { c.shards = n })
 }
@@ -41,7 +42,8 @@ func WithShards(n int) Option {
 //
 // fn runs on the goroutine that called Lock, after every internal mutex has
 // been released, so it may call methods of the Map (for example Status).
-// It should be quick: the caller is delayed until it returns. If fn panics
+// It should be quick: the caller is delayed until it returns. A nil fn
+// means no hook. If fn panics
 // after the key was acquired, the key is unlocked before the panic
 // continues, so a faulty hook cannot leave a key locked forever.
 func WithWaitHook(fn func(waited time.Duration)) Option {
