@@ -11,11 +11,19 @@ gobin="$(go env GOBIN)"
 [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
 geth="$gobin/geth"
 
-if [ ! -x "$geth" ] || ! "$geth" version 2>/dev/null | grep -q "^Version: ${GETH_VERSION#v}"; then
+# Read the version into a variable rather than piping into grep/head: with
+# pipefail, a reader that exits early kills geth with SIGPIPE and fails
+# the script.
+installed=""
+if [ -x "$geth" ]; then
+	installed="$("$geth" version 2>/dev/null || true)"
+fi
+if [[ "$installed" != *"Version: ${GETH_VERSION#v}"* ]]; then
 	echo "== installing geth $GETH_VERSION into $gobin"
 	go install "github.com/ethereum/go-ethereum/cmd/geth@$GETH_VERSION"
+	installed="$("$geth" version)"
 fi
-"$geth" version | head -2
+echo "$installed" | sed -n '1,2p'
 
 echo "== proxy real-node test (two geth --dev nodes)"
 STEADFAST_GETH="$geth" go test -race -count=1 -run '^TestGethFailoverFailback$' -v ./examples/proxy/proxy/
