@@ -70,6 +70,8 @@ type fileConfig struct {
 	RequestTimeout string `json:"request_timeout"`
 	SwitchTimeout  string `json:"switch_timeout"`
 	QueueSize      int    `json:"queue_size"`
+	MaxInFlight    int    `json:"max_in_flight"`
+	MaxSubs        int    `json:"max_subscriptions"`
 }
 
 const usageText = `Usage: proxy [flags]
@@ -103,6 +105,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.RequestTimeout, "request-timeout", proxy.DefaultRequestTimeout, "timeout of one HTTP request to an upstream")
 	fs.DurationVar(&o.cfg.SwitchTimeout, "switch-timeout", proxy.DefaultSwitchTimeout, "how long WebSocket requests wait for an upstream during a switch")
 	fs.IntVar(&o.cfg.QueueSize, "queue-size", proxy.DefaultQueueSize, "messages each WebSocket session may queue during a switch")
+	fs.IntVar(&o.cfg.MaxInFlight, "max-in-flight", proxy.DefaultMaxInFlight, "requests each WebSocket client may have awaiting a reply; more get a JSON-RPC error")
+	fs.IntVar(&o.cfg.MaxSubscriptions, "max-subscriptions", proxy.DefaultMaxSubs, "subscriptions each WebSocket client may hold; more get a JSON-RPC error")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained demo: two fake nodes, the proxy, a client; kill and restore the primary")
 	fs.DurationVar(&o.blockTime, "demo-block-time", time.Second, "block interval of the demo's fake chain")
@@ -148,6 +152,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.cfg.QueueSize <= 0 {
 		return o, errors.New("-queue-size must be positive")
+	}
+	if o.cfg.MaxInFlight <= 0 {
+		return o, errors.New("-max-in-flight must be positive")
+	}
+	if o.cfg.MaxSubscriptions <= 0 {
+		return o, errors.New("-max-subscriptions must be positive")
 	}
 	return o, nil
 }
@@ -196,6 +206,12 @@ func applyFile(o *options, path string, set map[string]bool) error {
 	}
 	if fc.QueueSize != 0 && !set["queue-size"] {
 		o.cfg.QueueSize = fc.QueueSize
+	}
+	if fc.MaxInFlight != 0 && !set["max-in-flight"] {
+		o.cfg.MaxInFlight = fc.MaxInFlight
+	}
+	if fc.MaxSubs != 0 && !set["max-subscriptions"] {
+		o.cfg.MaxSubscriptions = fc.MaxSubs
 	}
 	return nil
 }

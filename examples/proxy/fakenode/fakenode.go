@@ -180,6 +180,7 @@ type Node struct {
 
 	statsMu sync.Mutex
 	stats   map[string]int64
+	wsCalls []string // "method params" of WebSocket calls, in arrival order (last maxWSCalls)
 
 	mu   sync.Mutex
 	cur  *incarnation  // nil when killed
@@ -337,6 +338,32 @@ func (n *Node) Requests(method string) int64 {
 	n.statsMu.Lock()
 	defer n.statsMu.Unlock()
 	return n.stats[method]
+}
+
+// maxWSCalls bounds the WebSocket call log; older entries are discarded.
+const maxWSCalls = 4096
+
+// WSCalls returns the params of the last WebSocket calls of method (up to
+// 4096 calls of any method are kept), in the order the node received them.
+func (n *Node) WSCalls(method string) []string {
+	n.statsMu.Lock()
+	defer n.statsMu.Unlock()
+	var out []string
+	for _, c := range n.wsCalls {
+		if m, params, _ := strings.Cut(c, " "); m == method {
+			out = append(out, params)
+		}
+	}
+	return out
+}
+
+func (n *Node) logWSCall(m *jsonrpc.Message) {
+	n.statsMu.Lock()
+	if len(n.wsCalls) == maxWSCalls {
+		n.wsCalls = append(n.wsCalls[:0], n.wsCalls[1:]...)
+	}
+	n.wsCalls = append(n.wsCalls, m.Method+" "+string(m.Params))
+	n.statsMu.Unlock()
 }
 
 func (n *Node) count(method string) {
@@ -554,6 +581,9 @@ func (n *Node) call(m *jsonrpc.Message, st *wsState) []byte {
 		return jsonrpc.ErrorResponse(m.ID, e)
 	}
 	n.count(m.Method)
+	if st != nil {
+		n.logWSCall(m)
+	}
 	var result any
 	var rerr *jsonrpc.Error
 	switch m.Method {

@@ -37,6 +37,12 @@ const (
 	CodeUpstreamLost = -32012
 	// CodeTimeout: no upstream answered in time.
 	CodeTimeout = -32013
+	// CodeTooManyInFlight: the WebSocket client already has the maximum
+	// number of requests awaiting a reply.
+	CodeTooManyInFlight = -32014
+	// CodeTooManySubscriptions: the WebSocket client already has the
+	// maximum number of subscriptions.
+	CodeTooManySubscriptions = -32015
 )
 
 // ErrEmptyBatch is reported (as an invalid-request Error) for "[]".
@@ -167,18 +173,24 @@ func Parse(data []byte) (Frame, error) {
 		}
 		return f, nil
 	}
-	if !json.Valid(data) {
-		return Frame{}, &Error{Code: CodeParseError, Message: "parse error: invalid JSON"}
-	}
 	if data[0] != '{' {
+		if !json.Valid(data) {
+			return Frame{}, &Error{Code: CodeParseError, Message: "parse error: invalid JSON"}
+		}
 		return Frame{}, &Error{Code: CodeInvalidRequest, Message: "message is not an object"}
 	}
-	var m Message
-	if err := json.Unmarshal(data, &m); err != nil {
-		// Valid JSON of the wrong shape (e.g. "method": 5).
+	// One pass: Unmarshal checks the whole input is valid JSON before it
+	// decodes, so a syntax error here is a parse error and any other error
+	// is valid JSON of the wrong shape (e.g. "method": 5).
+	f := Frame{Msgs: make([]Message, 1), Errs: make([]*Error, 1)}
+	if err := json.Unmarshal(data, &f.Msgs[0]); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return Frame{}, &Error{Code: CodeParseError, Message: "parse error: invalid JSON"}
+		}
 		return Frame{}, &Error{Code: CodeInvalidRequest, Message: "invalid request: " + err.Error()}
 	}
-	return Frame{Msgs: []Message{m}, Errs: []*Error{nil}}, nil
+	return f, nil
 }
 
 func parseError(err error) *Error {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
 	"github.com/steadfast-go/steadfast/failover"
@@ -33,8 +34,23 @@ func safeToRepeat(method string) bool {
 // balancer in front of a dead node), which counts as a connection error.
 var errUpstreamStatus = errors.New("upstream gateway error")
 
+// readBody reads a request body into one exactly-sized allocation when the
+// client announced its length (the common case), instead of io.ReadAll's
+// growing copies.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes)
+	if n := r.ContentLength; n > 0 && n <= DefaultMaxBodyBytes {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(rd, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(rd)
+}
+
 func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes))
+	body, err := readBody(w, r)
 	if err != nil {
 		p.writeLocal(w, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "request body: " + err.Error()})
 		return
@@ -44,6 +60,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		var je *jsonrpc.Error
 		errors.As(perr, &je)
 		p.writeLocal(w, nil, je)
+		return
+	}
+	if !f.Batch && f.Errs[0] == nil {
+		p.serveSingle(w, r, body, &f.Msgs[0])
 		return
 	}
 	// Answer invalid elements here; forward the rest.
@@ -79,15 +99,14 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		payload = jsonrpc.JoinBatch(parts)
 	}
 	safe := true
-	for _, i := range fwd {
+	methods := make([]string, len(fwd))
+	for k, i := range fwd {
+		methods[k] = f.Msgs[i].Method
 		safe = safe && safeToRepeat(f.Msgs[i].Method)
 	}
-	status, reply, u, err := p.forward(r.Context(), payload, safe, f, fwd)
+	rep, u, err := p.forward(r.Context(), payload, safe, methods)
 	if err != nil {
-		code, msg := jsonrpc.CodeNoUpstream, "no upstream could answer: "+err.Error()
-		if !safe {
-			code, msg = jsonrpc.CodeUpstreamLost, "upstream failed during the request, which is not retried because it may have been executed: "+err.Error()
-		}
+		code, msg := failure(safe, err)
 		for _, i := range fwd {
 			if f.Msgs[i].HasID() {
 				p.m.requestErrors.WithLabelValues(strconv.Itoa(code)).Inc()
@@ -97,17 +116,18 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, joinReplies(f.Batch, local))
 		return
 	}
-	for _, i := range fwd {
-		p.m.requests.WithLabelValues(methodLabel(f.Msgs[i].Method), u.Name, "http").Inc()
+	defer rep.release()
+	for _, m := range methods {
+		p.m.request(m, u.index, transportHTTP).Inc()
 	}
 	if len(local) == 0 {
-		writeJSON(w, status, reply)
+		writeJSON(w, rep.status, rep.body.Bytes())
 		return
 	}
 	// Merge the upstream's batch reply with the local errors.
-	rf, err := jsonrpc.Parse(reply)
+	rf, err := jsonrpc.Parse(rep.body.Bytes())
 	if err != nil {
-		writeJSON(w, status, reply)
+		writeJSON(w, rep.status, rep.body.Bytes())
 		return
 	}
 	for i := range rf.Msgs {
@@ -116,6 +136,41 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, joinReplies(true, local))
+}
+
+// serveSingle is the hot path: one well-formed request (not a batch). The
+// client's bytes are forwarded as they are, and the upstream's reply is
+// copied back from a pooled buffer.
+func (p *Proxy) serveSingle(w http.ResponseWriter, r *http.Request, body []byte, m *jsonrpc.Message) {
+	if e := jsonrpc.Validate(m); e != nil {
+		p.writeLocal(w, m.ID, e)
+		return
+	}
+	safe := safeToRepeat(m.Method)
+	rep, u, err := p.forward(r.Context(), body, safe, []string{m.Method})
+	if err != nil {
+		if !m.HasID() {
+			w.WriteHeader(http.StatusNoContent) // a notification: nobody waits for an answer
+			return
+		}
+		code, msg := failure(safe, err)
+		p.writeLocal(w, m.ID, &jsonrpc.Error{Code: code, Message: msg})
+		return
+	}
+	p.m.request(m.Method, u.index, transportHTTP).Inc()
+	writeJSON(w, rep.status, rep.body.Bytes())
+	rep.release()
+}
+
+// failure is the JSON-RPC error for requests forward could not deliver.
+func failure(safe bool, err error) (int, string) {
+	if errors.Is(err, errReplyTooLarge) {
+		return jsonrpc.CodeInternalError, err.Error()
+	}
+	if !safe {
+		return jsonrpc.CodeUpstreamLost, "upstream failed during the request, which is not retried because it may have been executed: " + err.Error()
+	}
+	return jsonrpc.CodeNoUpstream, "no upstream could answer: " + err.Error()
 }
 
 func joinReplies(batch bool, parts [][]byte) []byte {
@@ -133,7 +188,7 @@ func writeJSON(w http.ResponseWriter, status int, b []byte) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonContentType // shared, never modified: no per-request allocation
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 }
@@ -143,40 +198,61 @@ func (p *Proxy) writeLocal(w http.ResponseWriter, id []byte, e *jsonrpc.Error) {
 	writeJSON(w, http.StatusOK, jsonrpc.ErrorResponse(id, e))
 }
 
+var jsonContentType = []string{"application/json"}
+
+// upstreamHeader is the header of every proxied request. It is shared by
+// all requests and never modified (the transport only reads it).
+var upstreamHeader = http.Header{"Content-Type": jsonContentType}
+
+// reply is an upstream's answer in a pooled buffer; release returns it.
+type reply struct {
+	status int
+	body   *bytes.Buffer
+}
+
+var replyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (r reply) release() {
+	if r.body.Cap() <= 1<<20 { // do not keep huge buffers alive
+		r.body.Reset()
+		replyPool.Put(r.body)
+	}
+}
+
 // forward sends payload to the selected upstream and, when that fails on a
 // connection error and every method in it is safe to repeat, once more to
 // the next healthy upstream.
-func (p *Proxy) forward(ctx context.Context, payload []byte, safe bool, f jsonrpc.Frame, fwd []int) (int, []byte, *upstream, error) {
+func (p *Proxy) forward(ctx context.Context, payload []byte, safe bool, methods []string) (reply, *upstream, error) {
 	i, _ := p.group.PickIndex()
 	u := p.ups[i]
-	status, reply, err := p.post(ctx, u, payload)
+	rep, err := p.post(ctx, u, payload)
 	if err == nil {
-		return status, reply, u, nil
+		return rep, u, nil
 	}
 	if ctx.Err() != nil || (!isConnError(err) && !errors.Is(err, errUpstreamStatus)) {
-		return 0, nil, u, err // the client gave up: not the upstream's fault
+		return reply{}, u, err // the client gave up, or the reply was unusable: not the upstream's fault
 	}
 	_ = p.group.ReportFailure(i, err)
 	p.log.Warn("upstream request failed", "upstream", u.Name, "err", err, "retry", safe)
 	if !safe {
-		return 0, nil, u, err
+		return reply{}, u, err
 	}
 	j := p.nextHealthy(i)
 	if j < 0 {
-		return 0, nil, u, err
+		return reply{}, u, err
 	}
-	for _, k := range fwd {
-		p.m.retries.WithLabelValues(methodLabel(f.Msgs[k].Method)).Inc()
+	for _, m := range methods {
+		p.m.retries.WithLabelValues(methodLabel(m)).Inc()
 	}
 	u = p.ups[j]
-	status, reply, err = p.post(ctx, u, payload)
+	rep, err = p.post(ctx, u, payload)
 	if err != nil {
 		if ctx.Err() == nil && isConnError(err) {
 			_ = p.group.ReportFailure(j, err)
 		}
-		return 0, nil, u, err
+		return reply{}, u, err
 	}
-	return status, reply, u, nil
+	return rep, u, nil
 }
 
 // nextHealthy returns the highest-priority healthy upstream other than
@@ -190,26 +266,42 @@ func (p *Proxy) nextHealthy(skip int) int {
 	return -1
 }
 
-func (p *Proxy) post(ctx context.Context, u *upstream, payload []byte) (int, []byte, error) {
+// errReplyTooLarge: an upstream reply over DefaultMaxReplyBytes. It is
+// reported as an error, never forwarded truncated.
+var errReplyTooLarge = fmt.Errorf("upstream reply larger than %d bytes", DefaultMaxReplyBytes)
+
+// post sends payload to u. The reply body is read to its end (so the
+// keep-alive connection goes back to the transport's pool) into a pooled
+// buffer, which the caller must release.
+func (p *Proxy) post(ctx context.Context, u *upstream, payload []byte) (reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.HTTPURL, bytes.NewReader(payload))
 	if err != nil {
-		return 0, nil, err
+		return reply{}, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
+	req.Header = upstreamHeader
+	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
-		return 0, nil, err
+		return reply{}, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, DefaultMaxBodyBytes))
+	rep := reply{status: resp.StatusCode, body: replyPool.Get().(*bytes.Buffer)}
+	if n := resp.ContentLength; n > 0 && n <= DefaultMaxReplyBytes {
+		rep.body.Grow(int(n))
+	}
+	n, err := rep.body.ReadFrom(io.LimitReader(resp.Body, DefaultMaxReplyBytes+1))
+	if err == nil && n > DefaultMaxReplyBytes {
+		err = errReplyTooLarge
+	}
 	if err != nil {
-		return 0, nil, err
+		rep.release()
+		return reply{}, err
 	}
 	switch resp.StatusCode {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return 0, nil, fmt.Errorf("%w: %s", errUpstreamStatus, resp.Status)
+		rep.release()
+		return reply{}, fmt.Errorf("%w: %s", errUpstreamStatus, resp.Status)
 	}
-	return resp.StatusCode, b, nil
+	return rep, nil
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/steadfast-go/steadfast/failover"
@@ -12,7 +14,7 @@ type metrics struct {
 	reg *prometheus.Registry
 
 	requests      *prometheus.CounterVec // method, upstream, transport
-	requestErrors *prometheus.CounterVec // method, code (errors the proxy made itself)
+	requestErrors *prometheus.CounterVec // code (errors the proxy made itself)
 	retries       *prometheus.CounterVec // method
 	switches      *prometheus.CounterVec // reason (failover group)
 	wsSwitches    *prometheus.CounterVec // reason (per WebSocket session)
@@ -22,13 +24,45 @@ type metrics struct {
 	replayReplies *prometheus.CounterVec // outcome: ok, error
 	dupHeads      prometheus.Counter
 	gapHeads      prometheus.Counter
+
+	// reqCache holds the requests_total children already looked up, by
+	// (method index, upstream index, transport), so the hot path does not
+	// hash label values on every request. Filled lazily: series appear on
+	// first use, as with WithLabelValues.
+	reqCache []atomic.Pointer[prometheus.Counter]
+	upNames  []string
+}
+
+// Transports for requests_total.
+const (
+	transportHTTP = iota
+	transportWS
+)
+
+var transportNames = [...]string{transportHTTP: "http", transportWS: "ws"}
+
+// request returns the requests_total counter for method on upstream up.
+func (m *metrics) request(method string, up, transport int) prometheus.Counter {
+	mi, ok := methodIndex[method]
+	if !ok {
+		mi = len(methodList) // "other"
+	}
+	slot := &m.reqCache[(mi*len(m.upNames)+up)*len(transportNames)+transport]
+	if c := slot.Load(); c != nil {
+		return *c
+	}
+	c := m.requests.WithLabelValues(methodLabel(method), m.upNames[up], transportNames[transport])
+	slot.Store(&c)
+	return c
 }
 
 const ns = "steadfast_proxy"
 
-func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int)) *metrics {
+func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
+		reqCache: make([]atomic.Pointer[prometheus.Counter], (len(methodList)+1)*len(upNames)*len(transportNames)),
+		upNames:  upNames,
+		reg:      prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
 			Help: "JSON-RPC requests forwarded, by method, upstream and transport (http, ws)."},
 			[]string{"method", "upstream", "transport"}),
@@ -117,26 +151,28 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// knownMethods bounds the method label's cardinality: anything else is
+// methodList bounds the method label's cardinality: anything else is
 // counted as "other".
-var knownMethods = map[string]bool{}
-
-func init() {
-	for _, m := range []string{
-		"eth_blockNumber", "eth_chainId", "eth_call", "eth_estimateGas", "eth_gasPrice", "eth_feeHistory",
-		"eth_maxPriorityFeePerGas", "eth_getBalance", "eth_getCode", "eth_getStorageAt", "eth_getTransactionCount",
-		"eth_getBlockByNumber", "eth_getBlockByHash", "eth_getTransactionByHash", "eth_getTransactionReceipt",
-		"eth_getLogs", "eth_getBlockReceipts", "eth_getProof", "eth_syncing", "eth_sendRawTransaction",
-		"eth_subscribe", "eth_unsubscribe", "eth_getBlockTransactionCountByNumber", "eth_getUncleCountByBlockNumber",
-		"eth_createAccessList", "eth_blobBaseFee", "net_version", "net_listening", "net_peerCount",
-		"web3_clientVersion", "debug_traceTransaction", "debug_traceCall", "txpool_status",
-	} {
-		knownMethods[m] = true
-	}
+var methodList = []string{
+	"eth_blockNumber", "eth_chainId", "eth_call", "eth_estimateGas", "eth_gasPrice", "eth_feeHistory",
+	"eth_maxPriorityFeePerGas", "eth_getBalance", "eth_getCode", "eth_getStorageAt", "eth_getTransactionCount",
+	"eth_getBlockByNumber", "eth_getBlockByHash", "eth_getTransactionByHash", "eth_getTransactionReceipt",
+	"eth_getLogs", "eth_getBlockReceipts", "eth_getProof", "eth_syncing", "eth_sendRawTransaction",
+	"eth_subscribe", "eth_unsubscribe", "eth_getBlockTransactionCountByNumber", "eth_getUncleCountByBlockNumber",
+	"eth_createAccessList", "eth_blobBaseFee", "net_version", "net_listening", "net_peerCount",
+	"web3_clientVersion", "debug_traceTransaction", "debug_traceCall", "txpool_status",
 }
 
+var methodIndex = func() map[string]int {
+	m := make(map[string]int, len(methodList))
+	for i, name := range methodList {
+		m[name] = i
+	}
+	return m
+}()
+
 func methodLabel(m string) string {
-	if knownMethods[m] {
+	if _, ok := methodIndex[m]; ok {
 		return m
 	}
 	return "other"

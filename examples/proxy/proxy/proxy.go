@@ -41,7 +41,13 @@ const (
 	DefaultQueueSize      = 1000
 	DefaultQueueBytes     = 8 << 20
 	DefaultMaxBodyBytes   = 8 << 20
-	DefaultGapFill        = 64
+	// DefaultMaxReplyBytes bounds an upstream's HTTP reply (large
+	// eth_getLogs or trace results); a larger one is answered with an
+	// internal error, never forwarded truncated.
+	DefaultMaxReplyBytes = 64 << 20
+	DefaultGapFill       = 64
+	DefaultMaxInFlight   = 10000
+	DefaultMaxSubs       = 1000
 )
 
 // Upstream names one execution node: HTTP and WebSocket JSON-RPC URLs
@@ -73,6 +79,17 @@ type Config struct {
 	// QueueSize and QueueBytes bound each WebSocket session's switch queue.
 	QueueSize  int
 	QueueBytes int
+	// MaxInFlight bounds the requests one WebSocket client may have
+	// awaiting a reply (sent upstream or queued); more are answered at once
+	// with jsonrpc.CodeTooManyInFlight, so a client that never waits cannot
+	// grow the proxy's memory without bound.
+	MaxInFlight int
+	// MaxSubscriptions bounds one WebSocket client's subscriptions; an
+	// eth_subscribe over it is answered with
+	// jsonrpc.CodeTooManySubscriptions (subscribes still awaiting their
+	// reply are not counted, so a burst can exceed it by at most
+	// MaxInFlight).
+	MaxSubscriptions int
 	// GapFill is how many missed newHeads a session fetches from the new
 	// upstream after a switch (0: DefaultGapFill; negative: none).
 	GapFill int
@@ -127,7 +144,13 @@ func (c *Config) setDefaults() error {
 	if c.QueueBytes == 0 {
 		c.QueueBytes = DefaultQueueBytes
 	}
-	if c.QueueSize < 0 || c.QueueBytes < 0 || c.Rise < 0 || c.Fall < 0 {
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = DefaultMaxSubs
+	}
+	if c.QueueSize < 0 || c.QueueBytes < 0 || c.Rise < 0 || c.Fall < 0 || c.MaxInFlight < 0 || c.MaxSubscriptions < 0 {
 		return errors.New("proxy: queue sizes and thresholds must not be negative")
 	}
 	if c.GapFill == 0 {
@@ -176,8 +199,12 @@ type Proxy struct {
 	log    *slog.Logger
 	group  *failover.Group[*upstream]
 	ups    []*upstream
-	client *http.Client
-	m      *metrics
+	client *http.Client // health checks and probes
+	// transport carries proxied HTTP requests: RoundTrip directly, without
+	// http.Client's per-request header copying and redirect handling (a
+	// proxy passes a 3xx through rather than following it).
+	transport *http.Transport
+	m         *metrics
 
 	ctx    context.Context // cancelled by Close; sessions derive from it
 	cancel context.CancelFunc
@@ -200,6 +227,7 @@ func New(cfg Config) (*Proxy, error) {
 	tr.MaxIdleConnsPerHost = 256
 	tr.IdleConnTimeout = 90 * time.Second
 	tr.DisableCompression = true // loopback/LAN: gzip costs more CPU than it saves
+	p.transport = tr
 	p.client = &http.Client{Transport: tr}
 	for i, u := range cfg.Upstreams {
 		p.ups = append(p.ups, &upstream{Upstream: u, index: i})
@@ -219,7 +247,11 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	p.group = g
-	p.m = newMetrics(g, p.sessionStats)
+	names := make([]string, len(p.ups))
+	for i, u := range p.ups {
+		names[i] = u.Name
+	}
+	p.m = newMetrics(g, p.sessionStats, names)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	changes, stop := g.Subscribe()
 	p.wg.Go(func() {

@@ -131,7 +131,7 @@ func (x *upConn) send(f *frame) error {
 	if f.req != nil {
 		f.req.sentOn.Store(x)
 		if f.req.internal == nil {
-			x.m.requests.WithLabelValues(methodLabel(f.req.method), x.u.Name, "ws").Inc()
+			x.m.request(f.req.method, x.u.index, transportWS).Inc()
 		}
 	}
 	return nil
@@ -352,9 +352,21 @@ func (s *session) send(req *pendingReq) {
 		s.fail(req, jsonrpc.CodeNoUpstream, "no upstream reachable")
 		return
 	}
+	hasReply := req.clientID != nil || req.internal != nil
+	if req.method == "eth_subscribe" && req.internal == nil && len(s.subs) >= s.p.cfg.MaxSubscriptions {
+		s.mu.Unlock()
+		s.fail(req, jsonrpc.CodeTooManySubscriptions, "too many subscriptions on this connection (limit "+
+			strconv.Itoa(s.p.cfg.MaxSubscriptions)+"); unsubscribe first")
+		return
+	}
+	if hasReply && len(s.pending) >= s.p.cfg.MaxInFlight {
+		s.mu.Unlock()
+		s.fail(req, jsonrpc.CodeTooManyInFlight, "too many requests awaiting a reply on this connection (limit "+
+			strconv.Itoa(s.p.cfg.MaxInFlight)+")")
+		return
+	}
 	s.nextID++
 	req.upID = s.nextID
-	hasReply := req.clientID != nil || req.internal != nil
 	if hasReply {
 		s.pending[req.upID] = req
 	}
@@ -1262,8 +1274,11 @@ func countReqs(items []*frame) int {
 }
 
 // stats for the gauges.
+// The queue is asked outside s.mu: its lock can be held for a whole
+// replay on a slow upstream, and a scrape must not stall the session.
 func (s *session) stats() (subs, queued int) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.subs), s.q.Len()
+	subs, q := len(s.subs), s.q
+	s.mu.Unlock()
+	return subs, q.Len()
 }
