@@ -30,6 +30,13 @@
 //   - Streams have a State; Sync and SyncEvery touch only Created, Starting
 //     and Active streams and report unknown ids; an Ended stream rejects
 //     appends (ErrStreamEnded).
+//   - Delete forgets a stream: its events are freed (memory store) or its
+//     rows deleted (sqlitestore), reads report ErrUnknownStream and
+//     ErrStreamDeleted, its subscribers end with that error, and the id is
+//     never recreated in the epoch, so an old cursor can never pass for a
+//     position in a new stream of the same name. Streams lists every stream
+//     in the store (after a restart too) for a sync round; Oldest gives the
+//     first retained seq of a stream for a history view.
 //   - Retention by count and by age; reads past it say so
 //     (Unrecoverable/Expired, ErrCursorExpired).
 //   - Stores: MemoryStore (the default) and sqlitestore (persistent: the

@@ -16,6 +16,11 @@ var (
 	// ErrUnknownStream: no stream has this id (it was never appended to nor
 	// given a state).
 	ErrUnknownStream = errors.New("eventlog: unknown stream")
+	// ErrStreamDeleted: the stream was deleted with Log.Delete. Errors that
+	// wrap it also wrap ErrUnknownStream (a deleted stream is unknown to
+	// every read), and a deleted id is never recreated in the same epoch:
+	// appends and state changes to it fail with this error.
+	ErrStreamDeleted = errors.New("eventlog: stream deleted")
 	// ErrStreamEnded: the stream is in state Ended.
 	ErrStreamEnded = errors.New("eventlog: stream ended")
 	// ErrCursorAhead: a cursor is beyond the head of its stream.
@@ -34,4 +39,11 @@ var (
 
 func errorf(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{sentinel}, args...)...)
+}
+
+// DeletedError returns the error for an operation on the deleted stream:
+// it wraps both ErrUnknownStream and ErrStreamDeleted. Store
+// implementations return it for every operation on a deleted id.
+func DeletedError(stream string) error {
+	return fmt.Errorf("%w: %w: %q", ErrUnknownStream, ErrStreamDeleted, clip(stream))
 }

@@ -341,6 +341,88 @@ func (l *Log) State(stream string) (State, error) {
 	return l.store.State(stream)
 }
 
+// Delete removes stream from the log: its events, head and state are freed
+// by the store (memory is released, database rows are deleted), later reads
+// of it fail with an error wrapping ErrUnknownStream and ErrStreamDeleted,
+// and its live subscriptions are woken and end: their Next returns that
+// error (never a hang, never events of another stream).
+//
+// A deleted id is never recreated in this epoch: Append and SetState on it
+// fail with ErrStreamDeleted. Seqs of a recreated stream would restart at 1
+// under the same epoch, so a client's cursor from the deleted stream would
+// silently look like a valid position in the new one; refusing the id keeps
+// every cursor meaningful. Use a fresh id for a new stream. (The store keeps
+// only the id as a tombstone, not the events.)
+//
+// Errors: ErrEmptyStream, ErrUnknownStream (no such stream), an error
+// wrapping ErrStreamDeleted (already deleted), ErrClosed, ctx.Err(), or the
+// store's error.
+func (l *Log) Delete(ctx context.Context, stream string) error {
+	if err := l.check(stream); err != nil {
+		return err
+	}
+	if err := l.store.Delete(ctx, stream); err != nil {
+		return err
+	}
+	if l.nsubs.Load() > 0 {
+		l.wake(stream)
+	}
+	return nil
+}
+
+// Streams returns every stream of the log (not deleted ones) whose state
+// satisfies keep, sorted by id; a nil keep returns them all. It lists
+// streams from the store, so after a restart on a persistent store it
+// covers every stream, not only those the process has touched since:
+//
+//	syncable, err := l.Streams(ctx, eventlog.State.Syncable)
+//
+// The list is a snapshot: streams may be created, change state or be
+// deleted while or after it is taken.
+//
+// Errors: ErrClosed, ctx.Err(), or the store's error.
+func (l *Log) Streams(ctx context.Context, keep func(State) bool) ([]StreamInfo, error) {
+	if l.closed.Load() {
+		return nil, ErrClosed
+	}
+	all, err := l.store.Streams(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	if keep == nil {
+		return all, nil
+	}
+	out := all[:0]
+	for _, si := range all {
+		if keep(si.State) {
+			out = append(out, si)
+		}
+	}
+	return out, nil
+}
+
+// Oldest returns the seq of the oldest event of stream that is still
+// retained: events Oldest..head can be read, older ones were dropped by
+// retention. A stream with no retained event (none appended yet, or all
+// expired) returns head+1. A history view can use it to answer "there is
+// nothing older" precisely, instead of probing for ErrCursorExpired.
+//
+// Errors: ErrEmptyStream, ErrUnknownStream (including a deleted stream),
+// ErrClosed, ctx.Err(), or the store's error.
+func (l *Log) Oldest(ctx context.Context, stream string) (uint64, error) {
+	if err := l.check(stream); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	first, _, err := l.store.Bounds(ctx, stream)
+	if err != nil {
+		return 0, err
+	}
+	return first, nil
+}
+
 // Close closes the log and its store. Blocked Subscription.Next calls
 // return ErrClosed, and every later call returns ErrClosed. Close is
 // idempotent; it returns the store's Close error.

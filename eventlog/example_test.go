@@ -2,6 +2,7 @@ package eventlog_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/steadfast-go/steadfast/eventlog"
@@ -107,4 +108,49 @@ func ExampleLog_Sync() {
 	// Output:
 	// syncing a active
 	// synced [a] skipped [b] unknown [c]
+}
+
+func ExampleLog_Delete() {
+	ctx := context.Background()
+	l := eventlog.New()
+	defer l.Close()
+	l.Append(ctx, "session-1", []byte("hello"))
+	l.SetState(ctx, "session-1", eventlog.Ended)
+
+	// After a retention period, the ended session is forgotten: its events
+	// are freed and reads report it unknown.
+	fmt.Println(l.Delete(ctx, "session-1"))
+	_, err := l.Head("session-1")
+	fmt.Println(errors.Is(err, eventlog.ErrUnknownStream), errors.Is(err, eventlog.ErrStreamDeleted))
+
+	// The id is never reused in this epoch, so an old cursor of the deleted
+	// session can never pass for a position in a new one.
+	_, err = l.Append(ctx, "session-1", []byte("again"))
+	fmt.Println(errors.Is(err, eventlog.ErrStreamDeleted))
+	// Output:
+	// <nil>
+	// true true
+	// true
+}
+
+func ExampleLog_Streams() {
+	ctx := context.Background()
+	l := eventlog.New()
+	defer l.Close()
+	l.SetState(ctx, "b", eventlog.Active)
+	l.SetState(ctx, "a", eventlog.Detached)
+	l.Append(ctx, "c", []byte("x")) // created
+
+	// Every stream the store holds, whether or not this process touched it
+	// (after a restart on sqlitestore), filtered to the syncable ones.
+	streams, _ := l.Streams(ctx, eventlog.State.Syncable)
+	for _, s := range streams {
+		fmt.Println(s.ID, s.State)
+	}
+	oldest, _ := l.Oldest(ctx, "c")
+	fmt.Println("oldest retained seq of c:", oldest)
+	// Output:
+	// b active
+	// c created
+	// oldest retained seq of c: 1
 }

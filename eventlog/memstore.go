@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/bits"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +33,13 @@ const (
 // only; the returned Data slices share the store's memory and must not be
 // modified.
 //
+// Delete frees a stream's events at once (its ring and data chunks are
+// dropped) and keeps only a tombstone, a map entry for the id pointing to
+// a shared marker, so that the id is never recreated under this epoch (see
+// Store.Delete). A server that creates and deletes streams forever thus
+// keeps the ids it deleted (their length plus about 50 bytes each), not
+// their events.
+//
 // A MemoryStore is safe for concurrent use. Streams are independent: each
 // has its own lock, found without a global lock. The zero MemoryStore is not
 // usable: create one with NewMemoryStore. It must not be copied after first
@@ -41,8 +50,11 @@ type MemoryStore struct {
 	maxAge    time.Duration // age retention, 0 = none
 	base      time.Time     // event times are monotonic offsets from base
 	closed    atomic.Bool
-	streams   sync.Map // string -> *memStream
+	streams   sync.Map // string -> *memStream (tombstone for a deleted id)
 }
+
+// tombstone marks a deleted id in MemoryStore.streams. It is never locked.
+var tombstone = &memStream{deleted: true}
 
 type memStream struct {
 	mu    sync.Mutex // protects every field below
@@ -52,6 +64,9 @@ type memStream struct {
 	ring  []Event // len is a power of two; seq s lives at ring[s&(len-1)]
 	times []int64 // append times (offsets from base), only with age retention
 	arena []byte  // current data chunk
+	// deleted is set by Delete: an operation that found the stream before
+	// it was deleted fails once it holds mu.
+	deleted bool
 }
 
 // NewMemoryStore returns an empty MemoryStore with a new random epoch,
@@ -84,12 +99,18 @@ func (m *MemoryStore) lookup(stream string, create bool) (*memStream, error) {
 		return nil, ErrClosed
 	}
 	if v, ok := m.streams.Load(stream); ok {
+		if v == tombstone {
+			return nil, DeletedError(stream)
+		}
 		return v.(*memStream), nil
 	}
 	if !create {
 		return nil, errorf(ErrUnknownStream, "%q", clip(stream))
 	}
 	v, _ := m.streams.LoadOrStore(stream, &memStream{state: Created})
+	if v == tombstone {
+		return nil, DeletedError(stream)
+	}
 	return v.(*memStream), nil
 }
 
@@ -126,6 +147,10 @@ func (m *MemoryStore) Append(ctx context.Context, stream, typ string, data []byt
 		now = m.now()
 	}
 	st.mu.Lock()
+	if st.deleted {
+		st.mu.Unlock()
+		return 0, DeletedError(stream)
+	}
 	if st.state == Ended {
 		st.mu.Unlock()
 		return 0, errorf(ErrStreamEnded, "%q", clip(stream))
@@ -215,6 +240,9 @@ func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, after uint64
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.deleted {
+		return dst, DeletedError(stream)
+	}
 	m.expire(st, now)
 	if after > st.head {
 		return dst, errorf(ErrCursorAhead, "stream %q: cursor %d, head %d", clip(stream), after, st.head)
@@ -251,6 +279,10 @@ func (m *MemoryStore) Bounds(ctx context.Context, stream string) (first, head ui
 		now = m.now()
 	}
 	st.mu.Lock()
+	if st.deleted {
+		st.mu.Unlock()
+		return 0, 0, DeletedError(stream)
+	}
 	m.expire(st, now)
 	first, head = st.head-uint64(st.n)+1, st.head
 	st.mu.Unlock()
@@ -271,6 +303,9 @@ func (m *MemoryStore) SetState(ctx context.Context, stream string, s State) erro
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.deleted {
+		return DeletedError(stream)
+	}
 	if st.state == Ended && s != Ended {
 		return errorf(ErrStreamEnded, "%q: cannot become %v", clip(stream), s)
 	}
@@ -285,9 +320,60 @@ func (m *MemoryStore) State(stream string) (State, error) {
 		return 0, err
 	}
 	st.mu.Lock()
-	s := st.state
+	s, deleted := st.state, st.deleted
 	st.mu.Unlock()
+	if deleted {
+		return 0, DeletedError(stream)
+	}
 	return s, nil
+}
+
+// Delete implements Store: the stream's events are released at once.
+func (m *MemoryStore) Delete(ctx context.Context, stream string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st, err := m.lookup(stream, false)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deleted {
+		return DeletedError(stream)
+	}
+	st.deleted = true
+	st.ring, st.times, st.arena, st.n = nil, nil, nil, 0
+	// Under st.mu, so no operation on the stream runs between the flag and
+	// the tombstone; lookups that load the old entry see the flag.
+	m.streams.Store(stream, tombstone)
+	return nil
+}
+
+// Streams implements Store.
+func (m *MemoryStore) Streams(ctx context.Context, dst []StreamInfo) ([]StreamInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, err
+	}
+	if m.closed.Load() {
+		return dst, ErrClosed
+	}
+	start := len(dst)
+	m.streams.Range(func(k, v any) bool {
+		st := v.(*memStream)
+		if st == tombstone {
+			return true
+		}
+		st.mu.Lock()
+		s, deleted := st.state, st.deleted
+		st.mu.Unlock()
+		if !deleted {
+			dst = append(dst, StreamInfo{ID: k.(string), State: s})
+		}
+		return true
+	})
+	slices.SortFunc(dst[start:], func(a, b StreamInfo) int { return strings.Compare(a.ID, b.ID) })
+	return dst, nil
 }
 
 // Close implements Store: later calls return ErrClosed. The events are

@@ -43,3 +43,42 @@ func TestMemoryStoreSmallStreamsStaySmall(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryStoreDeleteFreesEvents: the reviewer's finding was that the
+// memory store never forgot a stream, so a long-running server's memory grew
+// with every session ever created. Delete drops the stream's ring and data
+// chunks and leaves only the shared tombstone in the map.
+func TestMemoryStoreDeleteFreesEvents(t *testing.T) {
+	m := NewMemoryStore(Retention{})
+	defer m.Close()
+	ctx := context.Background()
+	for i := range 100 {
+		id := string(rune('a'+i%26)) + string(rune('0'+i/26))
+		for range 50 {
+			if _, err := m.Append(ctx, id, "", make([]byte, 64)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v, _ := m.streams.Load(id)
+		st := v.(*memStream)
+		if err := m.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if st.ring != nil || st.arena != nil || st.n != 0 {
+			t.Fatalf("deleted stream %q still holds %d ring slots and a %d-byte chunk", id, len(st.ring), cap(st.arena))
+		}
+		if v, _ := m.streams.Load(id); v != tombstone {
+			t.Fatalf("the map still points %q at its stream", id)
+		}
+	}
+	n := 0
+	m.streams.Range(func(_, v any) bool {
+		if v != tombstone {
+			n++
+		}
+		return true
+	})
+	if n != 0 {
+		t.Fatalf("%d streams left after deleting every one", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -14,8 +15,9 @@ import (
 // modelStream is the plain model of one stream: every event ever appended
 // (seq = index+1) and its state.
 type modelStream struct {
-	data  []string
-	state eventlog.State
+	data    []string
+	state   eventlog.State
+	deleted bool
 }
 
 type logModel struct {
@@ -53,6 +55,12 @@ func (m *logModel) append(t *rapid.T) {
 	data := fmt.Sprintf("%s#%d", id, m.counter)
 	cur, err := m.log.Append(context.Background(), id, []byte(data))
 	s := m.streams[id]
+	if s != nil && s.deleted {
+		if !errors.Is(err, eventlog.ErrStreamDeleted) {
+			t.Fatalf("Append to deleted %q: err %v", id, err)
+		}
+		return
+	}
 	if s != nil && s.state == eventlog.Ended {
 		if !errors.Is(err, eventlog.ErrStreamEnded) {
 			t.Fatalf("Append to ended %q: err %v", id, err)
@@ -77,6 +85,12 @@ func (m *logModel) setState(t *rapid.T) {
 	st := eventlog.State(rapid.IntRange(int(eventlog.Created), int(eventlog.Ended)).Draw(t, "state"))
 	err := m.log.SetState(context.Background(), id, st)
 	s := m.streams[id]
+	if s != nil && s.deleted {
+		if !errors.Is(err, eventlog.ErrStreamDeleted) {
+			t.Fatalf("SetState(deleted %q): err %v", id, err)
+		}
+		return
+	}
 	if s != nil && s.state == eventlog.Ended && st != eventlog.Ended {
 		if !errors.Is(err, eventlog.ErrStreamEnded) {
 			t.Fatalf("SetState(%q, %v) on ended stream: err %v", id, st, err)
@@ -104,6 +118,10 @@ func (m *logModel) readAfter(t *rapid.T) {
 	limit := rapid.IntRange(1, 12).Draw(t, "limit")
 	got, err := m.log.ReadAfter(context.Background(), id, after, limit)
 	switch {
+	case s != nil && s.deleted:
+		if !errors.Is(err, eventlog.ErrStreamDeleted) || !errors.Is(err, eventlog.ErrUnknownStream) {
+			t.Fatalf("ReadAfter(deleted %q) err %v", id, err)
+		}
 	case s == nil:
 		if !errors.Is(err, eventlog.ErrUnknownStream) {
 			t.Fatalf("ReadAfter(unknown %q) err %v", id, err)
@@ -136,6 +154,12 @@ func (m *logModel) replay(t *rapid.T) {
 	gapCap := rapid.IntRange(1, 10).Draw(t, "cap")
 	res, err := m.log.Replay(context.Background(), id, from, gapCap)
 	headC := m.log.Cursor(head)
+	if s != nil && s.deleted {
+		if !errors.Is(err, eventlog.ErrStreamDeleted) {
+			t.Fatalf("Replay(deleted %q) err %v", id, err)
+		}
+		return
+	}
 	if s == nil {
 		if !errors.Is(err, eventlog.ErrUnknownStream) {
 			t.Fatalf("Replay(unknown %q) err %v", id, err)
@@ -185,6 +209,12 @@ func (m *logModel) check(t *rapid.T) {
 		s := m.streams[id]
 		head, err := m.log.Head(id)
 		st, serr := m.log.State(id)
+		if s != nil && s.deleted {
+			if !errors.Is(err, eventlog.ErrStreamDeleted) || !errors.Is(serr, eventlog.ErrStreamDeleted) {
+				t.Fatalf("Head/State(deleted %q) = %v, %v", id, err, serr)
+			}
+			continue
+		}
 		if s == nil {
 			if !errors.Is(err, eventlog.ErrUnknownStream) || !errors.Is(serr, eventlog.ErrUnknownStream) {
 				t.Fatalf("Head/State(unknown %q) = %v, %v", id, err, serr)
@@ -197,6 +227,46 @@ func (m *logModel) check(t *rapid.T) {
 		if serr != nil || st != s.state {
 			t.Fatalf("State(%q) = %v, %v; want %v", id, st, serr, s.state)
 		}
+		if o, err := m.log.Oldest(context.Background(), id); err != nil || o != m.first(s) {
+			t.Fatalf("Oldest(%q) = %d, %v; want %d", id, o, err, m.first(s))
+		}
+	}
+	var want []eventlog.StreamInfo
+	for _, id := range modelIDs { // sorted
+		if s := m.streams[id]; s != nil && !s.deleted {
+			want = append(want, eventlog.StreamInfo{ID: id, State: s.state})
+		}
+	}
+	got, err := m.log.Streams(context.Background(), nil)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Streams = %v, %v; want %v", got, err, want)
+	}
+}
+
+// deleteStream deletes a stream: rare, so that streams live long enough to
+// exercise the rest.
+func (m *logModel) deleteStream(t *rapid.T) {
+	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	if !rapid.Bool().Draw(t, "really") || !rapid.Bool().Draw(t, "really2") {
+		return
+	}
+	err := m.log.Delete(context.Background(), id)
+	s := m.streams[id]
+	switch {
+	case s == nil:
+		if !errors.Is(err, eventlog.ErrUnknownStream) || errors.Is(err, eventlog.ErrStreamDeleted) {
+			t.Fatalf("Delete(unknown %q) err %v", id, err)
+		}
+	case s.deleted:
+		if !errors.Is(err, eventlog.ErrStreamDeleted) {
+			t.Fatalf("Delete(deleted %q) err %v", id, err)
+		}
+	default:
+		if err != nil {
+			t.Fatalf("Delete(%q): %v", id, err)
+		}
+		s.deleted = true
+		s.data = nil
 	}
 }
 
@@ -217,6 +287,7 @@ func TestLogModel(t *testing.T) {
 			"setState":  m.setState,
 			"readAfter": m.readAfter,
 			"replay":    m.replay,
+			"delete":    m.deleteStream,
 			"":          m.check,
 		})
 	})

@@ -61,6 +61,30 @@ type Store interface {
 	// or a storage error.
 	State(stream string) (State, error)
 
+	// Delete removes stream: its events, head and state. The store frees
+	// them (memory, rows) and keeps only a tombstone of the id, so that the
+	// id is never recreated in this epoch: every later operation on it
+	// (reads, Append, SetState, Delete) returns DeletedError. (A recreated
+	// stream would restart at seq 1 under the same epoch, and a cursor from
+	// the deleted one would be taken as a position in it.) Errors:
+	// ErrUnknownStream for an id that never existed, DeletedError, ErrClosed,
+	// ctx.Err(), or a storage error.
+	Delete(ctx context.Context, stream string) error
+
+	// Streams appends to dst every stream that exists (not deleted) with
+	// its state, sorted by ID, and returns the extended slice. Errors:
+	// ErrClosed, ctx.Err(), or a storage error.
+	Streams(ctx context.Context, dst []StreamInfo) ([]StreamInfo, error)
+
 	// Close releases the store. Calls after Close return ErrClosed.
 	Close() error
+}
+
+// StreamInfo names one stream of a store and its state. It is a plain
+// value; the zero StreamInfo names no stream.
+type StreamInfo struct {
+	// ID is the stream id.
+	ID string
+	// State is the stream's state.
+	State State
 }

@@ -34,6 +34,7 @@ type Subscription struct {
 	first *Result // the replay result, until the first Next returns it
 	pos   uint64  // seq of the last event delivered (or skipped past)
 	ended bool    // Lagged was returned
+	err   error   // terminal error (the stream was deleted), returned again
 	buf   []Event // reused for every Next
 }
 
@@ -99,7 +100,9 @@ func (s *Subscription) Stream() string { return s.stream }
 // Resume is the cursor to subscribe again from; the subscription then ends.
 //
 // Errors: ErrStreamEnded once every event of an Ended stream has been
-// delivered; ErrSubscriptionClosed after Close or after Lagged; ErrClosed
+// delivered; an error wrapping ErrStreamDeleted (and ErrUnknownStream) once
+// the stream was deleted with Log.Delete, at once, even if events were not
+// delivered yet (they are gone), after which the subscription has ended; ErrSubscriptionClosed after Close or after Lagged; ErrClosed
 // once the log is closed; ctx.Err() if ctx ends while waiting (the
 // subscription stays usable); or the store's error.
 func (s *Subscription) Next(ctx context.Context) (Result, error) {
@@ -109,6 +112,9 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 	}
 	l := s.log
 	for {
+		if s.err != nil {
+			return Result{}, s.err
+		}
 		if s.ended {
 			return Result{}, ErrSubscriptionClosed
 		}
@@ -124,7 +130,7 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 		}
 		first, head, err := l.store.Bounds(ctx, s.stream)
 		if err != nil {
-			return Result{}, err
+			return Result{}, s.fail(err)
 		}
 		if head > s.pos {
 			if head-s.pos > uint64(s.opts.MaxLag) || s.pos+1 < first {
@@ -135,7 +141,7 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 				if errors.Is(err, ErrCursorExpired) {
 					return s.lagged(head), nil
 				}
-				return Result{}, err
+				return Result{}, s.fail(err)
 			}
 			s.buf = evs
 			if len(evs) > 0 {
@@ -153,7 +159,7 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 		}
 		st, err := l.store.State(s.stream)
 		if err != nil {
-			return Result{}, err
+			return Result{}, s.fail(err)
 		}
 		if st == Ended {
 			// Re-check: an append may have landed between Bounds and State.
@@ -172,6 +178,16 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 			return Result{}, ErrClosed
 		}
 	}
+}
+
+// fail ends the subscription if err says its stream was deleted, and
+// returns err.
+func (s *Subscription) fail(err error) error {
+	if errors.Is(err, ErrStreamDeleted) {
+		s.err = err
+		s.unregister()
+	}
+	return err
 }
 
 func (s *Subscription) lagged(head uint64) Result {

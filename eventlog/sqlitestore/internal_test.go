@@ -52,3 +52,50 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatalf("no write-ahead log next to the database: %v", err)
 	}
 }
+
+// TestDeleteRemovesRows: Delete deletes the stream's event and stream rows
+// (the database does not grow with every stream ever created) and keeps
+// only the id, in the deleted table.
+func TestDeleteRemovesRows(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "d.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	for range 30 {
+		for _, id := range []string{"gone", "kept"} {
+			if _, err := s.Append(ctx, id, "", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	count := func(q string) int {
+		var n int
+		if err := s.db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(`SELECT count(*) FROM events WHERE stream = 'gone'`); n != 0 {
+		t.Fatalf("%d event rows of the deleted stream remain", n)
+	}
+	if n := count(`SELECT count(*) FROM streams WHERE id = 'gone'`); n != 0 {
+		t.Fatalf("the deleted stream's row remains")
+	}
+	if n := count(`SELECT count(*) FROM events WHERE stream = 'kept'`); n != 30 {
+		t.Fatalf("the other stream has %d rows, want 30", n)
+	}
+	if n := count(`SELECT count(*) FROM deleted WHERE id = 'gone'`); n != 1 {
+		t.Fatalf("the deleted id is not recorded")
+	}
+	s.mu.RLock()
+	_, cached := s.streams["gone"]
+	s.mu.RUnlock()
+	if cached {
+		t.Fatal("the deleted stream is still cached in memory")
+	}
+}

@@ -24,8 +24,14 @@ type storeModel struct {
 }
 
 type modelStream struct {
-	data  []string
-	state eventlog.State
+	data    []string
+	state   eventlog.State
+	deleted bool
+}
+
+// isDeleted: the error of any operation on a deleted stream.
+func isDeleted(err error) bool {
+	return errors.Is(err, eventlog.ErrStreamDeleted) && errors.Is(err, eventlog.ErrUnknownStream)
 }
 
 func (m *storeModel) first(s *modelStream) uint64 {
@@ -65,6 +71,12 @@ func TestStoreModel(t *testing.T) {
 				data := fmt.Sprintf("%s#%d", id, m.n)
 				seq, err := m.s.Append(ctx, id, "", []byte(data))
 				st := m.streams[id]
+				if st != nil && st.deleted {
+					if !isDeleted(err) {
+						rt.Fatalf("append to deleted: %v", err)
+					}
+					return
+				}
 				if st != nil && st.state == eventlog.Ended {
 					if !errors.Is(err, eventlog.ErrStreamEnded) {
 						rt.Fatalf("append to ended: %v", err)
@@ -85,6 +97,12 @@ func TestStoreModel(t *testing.T) {
 				to := eventlog.State(rapid.IntRange(1, 6).Draw(rt, "state"))
 				err := m.s.SetState(ctx, id, to)
 				st := m.streams[id]
+				if st != nil && st.deleted {
+					if !isDeleted(err) {
+						rt.Fatalf("SetState on deleted: %v", err)
+					}
+					return
+				}
 				if st != nil && st.state == eventlog.Ended && to != eventlog.Ended {
 					if !errors.Is(err, eventlog.ErrStreamEnded) {
 						rt.Fatalf("SetState on ended: %v", err)
@@ -111,6 +129,10 @@ func TestStoreModel(t *testing.T) {
 				limit := rapid.IntRange(1, 8).Draw(rt, "limit")
 				evs, err := m.s.ReadAfter(ctx, id, after, limit, nil)
 				switch {
+				case st != nil && st.deleted:
+					if !isDeleted(err) {
+						rt.Fatalf("deleted: %v", err)
+					}
 				case st == nil:
 					if !errors.Is(err, eventlog.ErrUnknownStream) {
 						rt.Fatalf("unknown: %v", err)
@@ -132,6 +154,29 @@ func TestStoreModel(t *testing.T) {
 							rt.Fatalf("event %d = %d %q", i, ev.Seq, ev.Data)
 						}
 					}
+				}
+			},
+			"delete": func(rt *rapid.T) {
+				id := rapid.SampledFrom(ids).Draw(rt, "stream")
+				if rapid.IntRange(0, 2).Draw(rt, "skipDelete") != 0 {
+					return // rare, so streams live long enough
+				}
+				err := m.s.Delete(ctx, id)
+				st := m.streams[id]
+				switch {
+				case st == nil:
+					if !errors.Is(err, eventlog.ErrUnknownStream) || errors.Is(err, eventlog.ErrStreamDeleted) {
+						rt.Fatalf("Delete(unknown): %v", err)
+					}
+				case st.deleted:
+					if !isDeleted(err) {
+						rt.Fatalf("Delete(deleted): %v", err)
+					}
+				default:
+					if err != nil {
+						rt.Fatal(err)
+					}
+					st.deleted, st.data = true, nil
 				}
 			},
 			"restart": func(rt *rapid.T) {
@@ -157,6 +202,12 @@ func TestStoreModel(t *testing.T) {
 					st := m.streams[id]
 					first, head, err := m.s.Bounds(ctx, id)
 					state, serr := m.s.State(id)
+					if st != nil && st.deleted {
+						if !isDeleted(err) || !isDeleted(serr) {
+							rt.Fatalf("deleted %q: %v, %v", id, err, serr)
+						}
+						continue
+					}
 					if st == nil {
 						if !errors.Is(err, eventlog.ErrUnknownStream) || !errors.Is(serr, eventlog.ErrUnknownStream) {
 							rt.Fatalf("unknown %q: %v, %v", id, err, serr)

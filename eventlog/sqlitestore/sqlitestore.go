@@ -15,6 +15,12 @@
 // concurrent appenders cost about one fsync-free WAL commit per batch, not
 // per event.
 //
+// Delete removes a stream's rows (events and stream row) in one
+// transaction of the writer and records the id in a small table of deleted
+// ids, so that the id is never recreated under this epoch, across restarts
+// too (see eventlog.Store.Delete). Deleted ids are not cached in memory:
+// operations on an id the cache does not know look it up in that table.
+//
 // The database uses synchronous=NORMAL, the usual setting for WAL: a
 // committed append survives a crash of the process; a power loss may undo
 // the last few commits (never corrupting the file).
@@ -30,6 +36,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,8 +122,8 @@ type Store struct {
 	taken   atomic.Int64 // requests taken by the writer, for tests
 
 	// Used by the writer goroutine only.
-	insert, upsert, pruneCount, pruneAge *sql.Stmt
-	lastTS                               map[string]int64
+	insert, upsert, pruneCount, pruneAge, isDeleted *sql.Stmt
+	lastTS                                          map[string]int64
 }
 
 // info is the cached row of the streams table.
@@ -126,11 +133,19 @@ type info struct {
 	state eventlog.State
 }
 
+// local is a stream's row as a commit sees it.
+type local struct {
+	info
+	exists  bool // the stream exists (in the cache, or created in this batch)
+	deleted bool // the id is deleted (before or in this batch)
+}
+
 type reqKind uint8
 
 const (
 	kindAppend reqKind = iota
 	kindState
+	kindDelete
 )
 
 type request struct {
@@ -160,6 +175,7 @@ CREATE TABLE IF NOT EXISTS events (
 	ts     INTEGER NOT NULL,
 	PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deleted (id TEXT PRIMARY KEY) WITHOUT ROWID;
 `
 
 // Open opens or creates the event log database at path (a file name, not a
@@ -227,7 +243,7 @@ func (s *Store) init() error {
 	}
 	// The schema statements succeed on tables of another shape that
 	// happen to have these names; this query does not.
-	if _, err := s.db.ExecContext(ctx, `SELECT stream, seq, type, data, ts FROM events LIMIT 0; SELECT id, head, first, state FROM streams LIMIT 0`); err != nil {
+	if _, err := s.db.ExecContext(ctx, `SELECT stream, seq, type, data, ts FROM events LIMIT 0; SELECT id, head, first, state FROM streams LIMIT 0; SELECT id FROM deleted LIMIT 0`); err != nil {
 		return fmt.Errorf("%w: %s: unexpected schema: %v", ErrCorrupt, s.path, err)
 	}
 	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)`, eventlog.NewEpoch()); err != nil {
@@ -272,6 +288,7 @@ func (s *Store) init() error {
 		ON CONFLICT (id) DO UPDATE SET head = ?2, first = ?3, state = ?4`)
 	s.pruneCount = prep(`DELETE FROM events WHERE stream = ? AND seq < ?`)
 	s.pruneAge = prep(`SELECT seq FROM events WHERE stream = ? AND ts > ? ORDER BY seq LIMIT 1`)
+	s.isDeleted = prep(`SELECT count(*) FROM deleted WHERE id = ?`)
 	if err != nil {
 		return s.classify("prepare", err)
 	}
@@ -363,9 +380,49 @@ func (s *Store) lookup(stream string) (info, error) {
 	}
 	s.mu.RUnlock()
 	if !ok {
+		var n int
+		if err := s.isDeleted.QueryRowContext(context.Background(), stream).Scan(&n); err != nil {
+			return info{}, s.readErr("lookup", err)
+		}
+		if n > 0 {
+			return info{}, eventlog.DeletedError(stream)
+		}
 		return info{}, fmt.Errorf("%w: %q", eventlog.ErrUnknownStream, stream)
 	}
 	return v, nil
+}
+
+// Delete implements eventlog.Store: the stream's rows are deleted and its
+// id recorded as deleted in one transaction, committed before Delete
+// returns.
+func (s *Store) Delete(ctx context.Context, stream string) error {
+	if stream == "" {
+		return eventlog.ErrEmptyStream
+	}
+	r := s.getReq()
+	r.kind, r.stream = kindDelete, stream
+	err := s.submit(ctx, r)
+	s.putReq(r)
+	return err
+}
+
+// Streams implements eventlog.Store (from the in-memory cache of every
+// stream; no query).
+func (s *Store) Streams(ctx context.Context, dst []eventlog.StreamInfo) ([]eventlog.StreamInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, err
+	}
+	if s.isClosed() {
+		return dst, eventlog.ErrClosed
+	}
+	start := len(dst)
+	s.mu.RLock()
+	for id, in := range s.streams {
+		dst = append(dst, eventlog.StreamInfo{ID: id, State: in.state})
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(dst[start:], func(a, b eventlog.StreamInfo) int { return strings.Compare(a.ID, b.ID) })
+	return dst, nil
 }
 
 func (s *Store) isClosed() bool { return s.closedFlag.Load() }
@@ -456,8 +513,9 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 			return dst, s.readErr("read", err)
 		}
 		if uint64(seq) != want {
-			// Rows were pruned under us: the range is no longer whole.
-			return dst, fmt.Errorf("%w: stream %q: cursor %d", eventlog.ErrCursorExpired, stream, after)
+			// Rows were pruned or deleted under us: the range is no
+			// longer whole.
+			return dst, s.shortRead(stream, after)
 		}
 		ev.Seq = uint64(seq)
 		dst = append(dst, ev)
@@ -467,9 +525,29 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		return dst, s.readErr("read", err)
 	}
 	if want == after+1 {
-		return dst, fmt.Errorf("%w: stream %q: cursor %d", eventlog.ErrCursorExpired, stream, after)
+		return dst, s.shortRead(stream, after)
 	}
 	return dst, nil
+}
+
+// shortRead is the error of a read that found rows missing: the stream was
+// deleted meanwhile, or retention pruned them. It asks the deleted table,
+// not the in-memory cache: the writer records the id there in the same
+// transaction that removes the rows, but updates the cache only after the
+// commit, so a reader in between sees the rows gone while the cache still
+// shows the stream.
+func (s *Store) shortRead(stream string, after uint64) error {
+	var n int
+	if err := s.isDeleted.QueryRowContext(context.Background(), stream).Scan(&n); err != nil {
+		return s.readErr("read", err)
+	}
+	if n > 0 {
+		return eventlog.DeletedError(stream)
+	}
+	if _, err := s.lookup(stream); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: stream %q: cursor %d", eventlog.ErrCursorExpired, stream, after)
 }
 
 // Close implements eventlog.Store: it lets the writer commit every request
@@ -515,31 +593,40 @@ func (s *Store) writer() {
 		}
 		clear(batch)
 	}
-	for _, st := range []*sql.Stmt{s.insert, s.upsert, s.pruneCount, s.pruneAge} {
+	for _, st := range []*sql.Stmt{s.insert, s.upsert, s.pruneCount, s.pruneAge, s.isDeleted} {
 		st.Close()
 	}
 }
 
 // commit runs one batch in one transaction and sets each request's result.
 func (s *Store) commit(batch []*request) {
-	local := make(map[string]*info, 4)
+	locals := make(map[string]*local, 4)
 	var order []string
-	get := func(id string) *info {
-		if in, ok := local[id]; ok {
-			return in
+	var tx *sql.Tx
+	ctx := context.Background()
+	get := func(id string) (*local, error) {
+		if in, ok := locals[id]; ok {
+			return in, nil
 		}
 		s.mu.RLock()
 		in, ok := s.streams[id]
-		var v info
+		v := local{exists: ok}
 		if ok {
-			v = *in
+			v.info = *in
 		} else {
-			v = info{first: 1, state: eventlog.Created}
+			v.info = info{first: 1, state: eventlog.Created}
 		}
 		s.mu.RUnlock()
-		local[id] = &v
+		if !ok {
+			var n int
+			if err := tx.StmtContext(ctx, s.isDeleted).QueryRowContext(ctx, id).Scan(&n); err != nil {
+				return nil, s.classify("lookup", err)
+			}
+			v.deleted = n > 0
+		}
+		locals[id] = &v
 		order = append(order, id)
-		return &v
+		return &v, nil
 	}
 	fail := func(err error) {
 		for _, r := range batch {
@@ -549,7 +636,6 @@ func (s *Store) commit(batch []*request) {
 			r.seq = 0
 		}
 	}
-	ctx := context.Background()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		fail(s.classify("begin", err))
@@ -559,14 +645,35 @@ func (s *Store) commit(batch []*request) {
 	insert := tx.StmtContext(ctx, s.insert)
 	now := time.Now().UnixNano()
 	for _, r := range batch {
-		in := get(r.stream)
+		in, err := get(r.stream)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if in.deleted {
+			r.err = eventlog.DeletedError(r.stream)
+			continue
+		}
 		switch r.kind {
+		case kindDelete:
+			if !in.exists {
+				r.err = fmt.Errorf("%w: %q", eventlog.ErrUnknownStream, r.stream)
+				continue
+			}
+			for _, q := range []string{`DELETE FROM events WHERE stream = ?`, `DELETE FROM streams WHERE id = ?`, `INSERT OR IGNORE INTO deleted (id) VALUES (?)`} {
+				if _, err := tx.ExecContext(ctx, q, r.stream); err != nil {
+					fail(s.classify("delete", err))
+					return
+				}
+			}
+			in.deleted, in.exists = true, false
 		case kindState:
 			if in.state == eventlog.Ended && r.state != eventlog.Ended {
 				r.err = fmt.Errorf("%w: %q: cannot become %v", eventlog.ErrStreamEnded, r.stream, r.state)
 				continue
 			}
 			in.state = r.state
+			in.exists = true
 		case kindAppend:
 			if in.state == eventlog.Ended {
 				r.err = fmt.Errorf("%w: %q", eventlog.ErrStreamEnded, r.stream)
@@ -584,6 +691,7 @@ func (s *Store) commit(batch []*request) {
 				return
 			}
 			in.head = seq
+			in.exists = true
 			r.seq = seq
 		}
 	}
@@ -591,7 +699,10 @@ func (s *Store) commit(batch []*request) {
 	prune := tx.StmtContext(ctx, s.pruneCount)
 	age := tx.StmtContext(ctx, s.pruneAge)
 	for _, id := range order {
-		in := local[id]
+		in := locals[id]
+		if !in.exists {
+			continue // deleted in this batch, or no request on it succeeded
+		}
 		newFirst := in.first
 		if m := uint64(s.retention.MaxEvents); m > 0 && in.head >= m && in.head-m+1 > newFirst {
 			newFirst = in.head - m + 1
@@ -628,7 +739,16 @@ func (s *Store) commit(batch []*request) {
 	s.commits.Add(1)
 	s.mu.Lock()
 	for _, id := range order {
-		v := *local[id]
+		lv := locals[id]
+		if lv.deleted {
+			delete(s.streams, id)
+			delete(s.lastTS, id)
+			continue
+		}
+		if !lv.exists {
+			continue
+		}
+		v := lv.info
 		if in, ok := s.streams[id]; ok {
 			*in = v
 		} else {

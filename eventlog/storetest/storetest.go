@@ -53,6 +53,12 @@ func Run(t *testing.T, f Factory) {
 		{"LogReplay", testLogReplay},
 		{"LogSubscribe", testLogSubscribe},
 		{"Restart", testRestart},
+		{"Delete", testDelete},
+		{"DeleteConcurrentWithAppends", testDeleteConcurrent},
+		{"Streams", testStreams},
+		{"LogDeleteEndsSubscription", testLogDeleteEndsSubscription},
+		{"LogOldest", testLogOldest},
+		{"RestartKeepsDeletionsAndStreams", testRestartDeletions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, f) })
@@ -381,6 +387,12 @@ func testClosed(t *testing.T, f Factory) {
 	if err := s.SetState(ctx, "s", eventlog.Active); !errors.Is(err, eventlog.ErrClosed) {
 		t.Errorf("SetState after Close err = %v", err)
 	}
+	if err := s.Delete(ctx, "s"); !errors.Is(err, eventlog.ErrClosed) {
+		t.Errorf("Delete after Close err = %v", err)
+	}
+	if _, err := s.Streams(ctx, nil); !errors.Is(err, eventlog.ErrClosed) {
+		t.Errorf("Streams after Close err = %v", err)
+	}
 }
 
 func testLogReplay(t *testing.T, f Factory) {
@@ -508,4 +520,300 @@ func testRestart(t *testing.T, f Factory) {
 			t.Fatalf("after restart replay[%d] = %d %q", i, ev.Seq, ev.Data)
 		}
 	}
+}
+
+// isDeleted reports whether err says the stream was deleted: it must wrap
+// both ErrStreamDeleted and ErrUnknownStream.
+func isDeleted(err error) bool {
+	return errors.Is(err, eventlog.ErrStreamDeleted) && errors.Is(err, eventlog.ErrUnknownStream)
+}
+
+// checkDeleted checks that every operation on a deleted stream reports it,
+// and that the id cannot be recreated.
+func checkDeleted(t *testing.T, s eventlog.Store, stream string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, _, err := s.Bounds(ctx, stream); !isDeleted(err) {
+		t.Fatalf("Bounds(deleted %q) err = %v, want ErrStreamDeleted and ErrUnknownStream", stream, err)
+	}
+	if _, err := s.ReadAfter(ctx, stream, 0, -1, nil); !isDeleted(err) {
+		t.Fatalf("ReadAfter(deleted %q) err = %v", stream, err)
+	}
+	if _, err := s.State(stream); !isDeleted(err) {
+		t.Fatalf("State(deleted %q) err = %v", stream, err)
+	}
+	// Recreating the id would restart its seqs at 1 under the same epoch,
+	// and a cursor from the deleted stream would look valid in the new one.
+	if seq, err := s.Append(ctx, stream, "t", []byte("again")); !isDeleted(err) {
+		t.Fatalf("Append(deleted %q) = %d, %v; the id must not be recreated", stream, seq, err)
+	}
+	if err := s.SetState(ctx, stream, eventlog.Created); !isDeleted(err) {
+		t.Fatalf("SetState(deleted %q) err = %v; the id must not be recreated", stream, err)
+	}
+	if err := s.Delete(ctx, stream); !isDeleted(err) {
+		t.Fatalf("second Delete(%q) err = %v", stream, err)
+	}
+	infos, err := s.Streams(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, si := range infos {
+		if si.ID == stream {
+			t.Fatalf("Streams lists deleted %q", stream)
+		}
+	}
+}
+
+func testDelete(t *testing.T, f Factory) {
+	s := open(t, f, eventlog.Retention{})
+	ctx := context.Background()
+	for i := 1; i <= 20; i++ {
+		mustAppend(t, s, "gone", fmt.Sprintf("gone-%d", i))
+	}
+	mustAppend(t, s, "kept", "kept-1")
+	if err := s.SetState(ctx, "gone", eventlog.Ended); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "gone"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	checkDeleted(t, s, "gone")
+	// A stream that never existed is unknown, not deleted.
+	if err := s.Delete(ctx, "never"); !errors.Is(err, eventlog.ErrUnknownStream) || errors.Is(err, eventlog.ErrStreamDeleted) {
+		t.Fatalf("Delete(never existed) err = %v, want ErrUnknownStream only", err)
+	}
+	if _, err := s.State("never"); errors.Is(err, eventlog.ErrStreamDeleted) {
+		t.Fatalf("State(never existed) says deleted: %v", err)
+	}
+	// Other streams are untouched, and a stream in any state (here one with
+	// no event) can be deleted.
+	checkRange(t, s, "kept", 0, 1)
+	if err := s.SetState(ctx, "empty", eventlog.Active); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "empty"); err != nil {
+		t.Fatalf("Delete(stream with no event): %v", err)
+	}
+	checkDeleted(t, s, "empty")
+	if seq := mustAppend(t, s, "kept", "kept-2"); seq != 2 {
+		t.Fatalf("append to another stream after Delete got seq %d, want 2", seq)
+	}
+	ctx2, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.Delete(ctx2, "kept"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Delete(canceled) err = %v", err)
+	}
+	checkRange(t, s, "kept", 0, 2)
+}
+
+// Appends racing a Delete either land before it (and are deleted with the
+// stream) or fail with ErrStreamDeleted: none succeeds into a stream that
+// is then readable again. Reads racing it return whole ranges or report the
+// deletion, never a retention error.
+func testDeleteConcurrent(t *testing.T, f Factory) {
+	s := open(t, f, eventlog.Retention{})
+	ctx := context.Background()
+	mustAppend(t, s, "x", "x-1")
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for range 1000 {
+				evs, err := s.ReadAfter(ctx, "x", 0, -1, nil)
+				if isDeleted(err) {
+					return
+				}
+				if err != nil {
+					t.Errorf("ReadAfter racing Delete: %v", err)
+					return
+				}
+				for i, ev := range evs {
+					if ev.Seq != uint64(i+1) {
+						t.Errorf("ReadAfter racing Delete: event %d has seq %d", i, ev.Seq)
+						return
+					}
+				}
+			}
+		})
+	}
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				_, err := s.Append(ctx, "x", "t", []byte(fmt.Sprintf("w%d-%d", w, i)))
+				if err != nil && !isDeleted(err) {
+					t.Errorf("Append racing Delete: %v", err)
+					return
+				}
+			}
+		})
+	}
+	if err := s.Delete(ctx, "x"); err != nil {
+		t.Errorf("Delete: %v", err)
+	}
+	wg.Wait()
+	checkDeleted(t, s, "x")
+}
+
+func testStreams(t *testing.T, f Factory) {
+	s := open(t, f, eventlog.Retention{})
+	ctx := context.Background()
+	if infos, err := s.Streams(ctx, nil); err != nil || len(infos) != 0 {
+		t.Fatalf("Streams(empty store) = %v, %v", infos, err)
+	}
+	mustAppend(t, s, "c", "c-1")
+	mustAppend(t, s, "a", "a-1")
+	for id, st := range map[string]eventlog.State{"b": eventlog.Detached, "a": eventlog.Active, "d": eventlog.Ended} {
+		if err := s.SetState(ctx, id, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAppend(t, s, "e", "e-1")
+	if err := s.Delete(ctx, "e"); err != nil {
+		t.Fatal(err)
+	}
+	want := []eventlog.StreamInfo{si("a", eventlog.Active), si("b", eventlog.Detached), si("c", eventlog.Created), si("d", eventlog.Ended)}
+	prefix := []eventlog.StreamInfo{si("zz", eventlog.Active)}
+	infos, err := s.Streams(ctx, prefix)
+	if err != nil || len(infos) != 5 || infos[0] != prefix[0] || !slices.Equal(infos[1:], want) {
+		t.Fatalf("Streams = %v, %v; want %v after the prefix (sorted, no deleted stream)", infos, err, want)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Streams(canceled, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Streams(canceled) err = %v", err)
+	}
+	// Through the Log, with a state filter.
+	l := eventlog.New(eventlog.WithStore(s))
+	syncable, err := l.Streams(ctx, eventlog.State.Syncable)
+	if err != nil || !slices.Equal(syncable, []eventlog.StreamInfo{si("a", eventlog.Active), si("c", eventlog.Created)}) {
+		t.Fatalf("Log.Streams(Syncable) = %v, %v", syncable, err)
+	}
+}
+
+func testLogDeleteEndsSubscription(t *testing.T, f Factory) {
+	l := eventlog.New(eventlog.WithStore(f.Open(t, eventlog.Retention{})))
+	defer l.Close()
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := l.AppendEvent(ctx, "s", "t", []byte(fmt.Sprintf("s-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := l.Subscribe(ctx, "s", eventlog.Cursor{}, eventlog.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if res, err := sub.Next(ctx); err != nil || len(res.Events) != 3 {
+		t.Fatalf("replay = %v, %v", res.Outcome, err)
+	}
+	old := l.Cursor(3)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Next(ctx) // blocks: nothing new
+		errc <- err
+	}()
+	if err := l.Delete(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	select {
+	case err := <-errc:
+		if !isDeleted(err) {
+			t.Fatalf("blocked Next after Delete err = %v, want ErrStreamDeleted", err)
+		}
+	case <-timer.C:
+		t.Fatal("a subscriber of a deleted stream hangs")
+	}
+	if _, err := sub.Next(ctx); !isDeleted(err) {
+		t.Fatalf("Next after the end err = %v", err)
+	}
+	if _, err := l.Subscribe(ctx, "s", old, eventlog.SubscribeOptions{}); !isDeleted(err) {
+		t.Fatalf("Subscribe(deleted) err = %v", err)
+	}
+	// The old cursor never names a position again: the id cannot be
+	// recreated, so Replay cannot take it for a place in a new stream.
+	if _, err := l.Append(ctx, "s", []byte("new life")); !errors.Is(err, eventlog.ErrStreamDeleted) {
+		t.Fatalf("Append(deleted) err = %v", err)
+	}
+	if _, err := l.Replay(ctx, "s", old, 0); !isDeleted(err) {
+		t.Fatalf("Replay(old cursor of a deleted stream) err = %v", err)
+	}
+	if _, err := l.Head("s"); !isDeleted(err) {
+		t.Fatalf("Head(deleted) err = %v", err)
+	}
+	if err := l.Delete(ctx, ""); !errors.Is(err, eventlog.ErrEmptyStream) {
+		t.Fatalf("Delete(\"\") err = %v", err)
+	}
+}
+
+func testLogOldest(t *testing.T, f Factory) {
+	l := eventlog.New(eventlog.WithStore(f.Open(t, eventlog.Retention{MaxEvents: 5})))
+	defer l.Close()
+	ctx := context.Background()
+	if err := l.SetState(ctx, "s", eventlog.Created); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := l.Oldest(ctx, "s"); err != nil || o != 1 {
+		t.Fatalf("Oldest(no events) = %d, %v; want 1 (head+1)", o, err)
+	}
+	for i := 1; i <= 12; i++ {
+		if _, err := l.Append(ctx, "s", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(1)
+		if i > 5 {
+			want = uint64(i - 4)
+		}
+		o, err := l.Oldest(ctx, "s")
+		if err != nil || o != want {
+			t.Fatalf("after %d appends Oldest = %d, %v; want %d", i, o, err, want)
+		}
+		// What Oldest promises is readable, and nothing before it.
+		if evs, err := l.ReadAfter(ctx, "s", o-1, 100); err != nil || len(evs) != i-int(o)+1 {
+			t.Fatalf("ReadAfter(Oldest-1) = %d events, %v", len(evs), err)
+		}
+		if o > 1 {
+			if _, err := l.ReadAfter(ctx, "s", o-2, 100); !errors.Is(err, eventlog.ErrCursorExpired) {
+				t.Fatalf("ReadAfter(Oldest-2) err = %v, want ErrCursorExpired", err)
+			}
+		}
+	}
+	if _, err := l.Oldest(ctx, "nope"); !errors.Is(err, eventlog.ErrUnknownStream) {
+		t.Fatalf("Oldest(unknown) err = %v", err)
+	}
+}
+
+func testRestartDeletions(t *testing.T, f Factory) {
+	if f.Reopen == nil {
+		t.Skip("store does not persist")
+	}
+	s := f.Open(t, eventlog.Retention{})
+	ctx := context.Background()
+	for i := 1; i <= 5; i++ {
+		mustAppend(t, s, "gone", fmt.Sprintf("gone-%d", i))
+	}
+	mustAppend(t, s, "idle", "idle-1")
+	if err := s.SetState(ctx, "idle", eventlog.Active); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetState(ctx, "parked", eventlog.Detached); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	s = f.Reopen(t, s, eventlog.Retention{})
+	defer s.Close()
+	// A restarted process lists every stream, including those it has not
+	// touched since the restart, and still refuses the deleted id.
+	infos, err := s.Streams(ctx, nil)
+	if err != nil || !slices.Equal(infos, []eventlog.StreamInfo{si("idle", eventlog.Active), si("parked", eventlog.Detached)}) {
+		t.Fatalf("Streams after restart = %v, %v", infos, err)
+	}
+	checkDeleted(t, s, "gone")
+}
+
+func si(id string, st eventlog.State) eventlog.StreamInfo {
+	return eventlog.StreamInfo{ID: id, State: st}
 }

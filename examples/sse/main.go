@@ -44,6 +44,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 	gapCap := fs.Int("gap-cap", server.DefaultGapCap, "most events replayed to a reconnecting client; further behind gets a gap event")
 	maxLag := fs.Int("max-lag", server.DefaultMaxLag, "events a client may fall behind before it is cut off")
 	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeat, "SSE heartbeat comment interval")
+	endedRetention := fs.Duration("ended-retention", server.DefaultEndedRetention, "how long an ended session is kept before it is deleted (negative: forever)")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 	}
 	srv, err := server.New(server.Config{
 		DBPath: *db, Agent: agent, GapCap: *gapCap, MaxLag: *maxLag,
-		Heartbeat: *heartbeat, Logger: lg,
+		Heartbeat: *heartbeat, EndedRetention: *endedRetention, Logger: lg,
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@
 //	POST /sessions/{id}/send         {"text", "idempotency_key"}: 202, or 200 for a duplicate key
 //	POST /sessions/{id}/stop         end the session (answered also when already ended)
 //	POST /sessions/{id}/interrupt    cancel the reply being streamed
+//	DELETE /sessions/{id}            stop the session if it runs and delete it: 200 {"deleted", "stopped"}; later requests get 410
 //	GET  /                           the web page
 //
 // Every error is a 4xx or 5xx JSON body {"error": "..."}.
@@ -27,5 +28,17 @@
 // cap behind: {"skipped", "head", "history"}), reset (the cursor is from
 // another epoch, expired or ahead: reload), cutoff (this client fell too far
 // behind and is disconnected: resume from {"resume"}), and end (the session
-// ended). Heartbeats are SSE comments.
+// ended, {"state":"ended"}, or was deleted, {"state":"deleted"}).
+// Heartbeats are SSE comments.
+//
+// # Sync and retention
+//
+// Every SyncInterval a sync round visits every session in the event log
+// (eventlog.Log.Streams), not only those loaded since the server started, so
+// after a restart sessions nobody has touched yet are synced (replies cut
+// short by the restart are closed, idle sessions detached) and reported.
+// Ended sessions are deleted EndedRetention after they ended (default 24 h):
+// their events are freed and the id answers 410 Gone. History pages stop at
+// the oldest retained event (eventlog.Log.Oldest) and say when older ones
+// were dropped ("truncated").
 package server

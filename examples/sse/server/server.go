@@ -31,6 +31,9 @@ const (
 	DefaultHistoryLimit  = 50
 	MaxHistoryLimit      = 500
 	DefaultMemoryHistory = 10000
+	// DefaultEndedRetention is how long an ended session is kept before
+	// the sync round deletes it.
+	DefaultEndedRetention = 24 * time.Hour
 )
 
 // Config configures a Server. The zero Config is usable: in-memory log, the
@@ -65,6 +68,11 @@ type Config struct {
 	// IdleTimeout is how long a session with no client and no running reply
 	// stays Active before the sync round marks it Detached.
 	IdleTimeout time.Duration
+	// EndedRetention is how long an ended session is kept (readable, with
+	// its history) before the sync round deletes it, freeing its events;
+	// zero means DefaultEndedRetention, negative keeps ended sessions
+	// forever. DELETE /sessions/{id} deletes one at once.
+	EndedRetention time.Duration
 	// MemoryHistory is how many events per session the in-memory log keeps
 	// (default DefaultMemoryHistory); older ones get a gap or reset.
 	MemoryHistory int
@@ -87,8 +95,9 @@ type Server struct {
 	closing    context.Context // canceled by Shutdown first: SSE streams return
 	endStreams context.CancelFunc
 
-	mu       sync.Mutex // protects sessions, stopped, hs
+	mu       sync.Mutex // protects sessions, endedAt, stopped, hs
 	sessions map[string]*session
+	endedAt  map[string]time.Time // when each ended session was seen ended
 	stopped  bool
 	hs       *http.Server
 	wg       sync.WaitGroup // workers and the sync loop
@@ -129,6 +138,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
+	if cfg.EndedRetention == 0 {
+		cfg.EndedRetention = DefaultEndedRetention
+	}
 	lg := cfg.Logger
 	if lg == nil {
 		lg = slog.Default()
@@ -153,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: l, agent: ag, lg: lg,
 		sessions: make(map[string]*session),
+		endedAt:  make(map[string]time.Time),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.closing, s.endStreams = context.WithCancel(context.Background())
@@ -232,6 +245,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /sessions/{id}/send", s.withSession(s.handleSend))
 	m.HandleFunc("POST /sessions/{id}/stop", s.withSession(s.handleStop))
 	m.HandleFunc("POST /sessions/{id}/interrupt", s.withSession(s.handleInterrupt))
+	m.HandleFunc("DELETE /sessions/{id}", s.withSession(s.handleDelete))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -272,6 +286,8 @@ func (s *Server) withSession(h func(http.ResponseWriter, *http.Request, *session
 		}
 		sess, err := s.session(r.Context(), id)
 		switch {
+		case errors.Is(err, eventlog.ErrStreamDeleted):
+			writeError(w, http.StatusGone, "session "+id+" was deleted")
 		case errors.Is(err, eventlog.ErrUnknownStream):
 			writeError(w, http.StatusNotFound, "unknown session "+id)
 		case errors.Is(err, eventlog.ErrClosed):

@@ -143,6 +143,12 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	}
 	s.sessions[id] = sess
 	s.mu.Unlock()
+	// A DELETE may have removed the stream while it was being loaded: do
+	// not keep a session for it.
+	if _, err := s.log.State(id); err != nil {
+		s.forget(id)
+		return nil, err
+	}
 	// Replies cut short by a crash or restart are closed with an error
 	// event, so every message in a transcript has an outcome.
 	if st != eventlog.Ended {
@@ -158,18 +164,26 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 // of messages whose reply never finished.
 func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
 	var (
-		after  uint64
 		buf    []eventlog.Event
 		open   []string
 		isOpen = map[string]bool{}
 	)
+	// Older history may have been dropped by retention: keys of those
+	// messages are forgotten (the dedup window is the retention). Start at
+	// the oldest retained event.
+	oldest, err := s.log.Oldest(ctx, sess.id)
+	if err != nil {
+		return nil, err
+	}
+	after := oldest - 1
 	for {
 		evs, err := s.log.ReadAfterInto(ctx, sess.id, after, 1000, buf)
 		if errors.Is(err, eventlog.ErrCursorExpired) {
-			// Older history was dropped by retention: keys of those
-			// messages are forgotten (the dedup window is the retention).
-			// The log cannot tell the first retained seq, so step forward.
-			after += 1000
+			// Retention moved on while we read: continue from its new start.
+			if oldest, err = s.log.Oldest(ctx, sess.id); err != nil {
+				return nil, err
+			}
+			after = max(after, oldest-1)
 			continue
 		}
 		if errors.Is(err, eventlog.ErrCursorAhead) {
@@ -212,7 +226,7 @@ func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
 // append stores one event; its error is logged and returned.
 func (s *Server) append(sess *session, typ string, payload any) (eventlog.Cursor, error) {
 	c, err := s.log.AppendEvent(context.Background(), sess.id, typ, mustJSON(payload))
-	if err != nil && !errors.Is(err, eventlog.ErrStreamEnded) && !errors.Is(err, eventlog.ErrClosed) {
+	if err != nil && !errors.Is(err, eventlog.ErrStreamEnded) && !errors.Is(err, eventlog.ErrClosed) && !errors.Is(err, eventlog.ErrStreamDeleted) {
 		s.lg.Error("append", "session", sess.id, "type", typ, "err", err)
 	}
 	return c, err
@@ -254,11 +268,21 @@ func (s *Server) info(id string) (sessionInfo, error) {
 }
 
 func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
-	id := newSessionID()
-	sess := &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
-	if err := s.setState(sess, eventlog.Created, ""); err != nil {
-		s.internalError(w, "create session", id, err)
-		return
+	var id string
+	var sess *session
+	for try := 0; ; try++ {
+		id = newSessionID()
+		sess = &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
+		err := s.setState(sess, eventlog.Created, "")
+		if err == nil {
+			break
+		}
+		// A deleted id is never reused; a random one hitting it is all
+		// but impossible, but costs only another try.
+		if !errors.Is(err, eventlog.ErrStreamDeleted) || try == 2 {
+			s.internalError(w, "create session", id, err)
+			return
+		}
 	}
 	s.mu.Lock()
 	s.sessions[id] = sess
@@ -275,6 +299,10 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 func (s *Server) internalError(w http.ResponseWriter, op, id string, err error) {
 	if errors.Is(err, eventlog.ErrClosed) {
 		writeError(w, http.StatusServiceUnavailable, "server shutting down")
+		return
+	}
+	if errors.Is(err, eventlog.ErrStreamDeleted) {
+		writeError(w, http.StatusGone, "session deleted")
 		return
 	}
 	s.lg.Error(op, "session", id, "err", err)
@@ -500,19 +528,34 @@ type ControlResponse struct {
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request, sess *session) {
-	if err := sess.mu.LockCtx(r.Context()); err != nil {
-		return
+	resp, err := s.stop(r.Context(), sess)
+	switch {
+	case r.Context().Err() != nil:
+		return // the client left
+	case err != nil:
+		s.internalError(w, "stop", sess.id, err)
+	default:
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
+
+// stop ends the session: the running reply is interrupted, waiting
+// messages are answered with an error, and the stream is Ended. Stopping an
+// ended session answers Already.
+//
+// Errors: ctx.Err() (the session may then still be stopping), or the log's.
+func (s *Server) stop(ctx context.Context, sess *session) (ControlResponse, error) {
+	if err := sess.mu.LockCtx(ctx); err != nil {
+		return ControlResponse{}, err
 	}
 	st, err := s.log.State(sess.id)
 	if err != nil {
 		sess.mu.Unlock()
-		s.internalError(w, "stop", sess.id, err)
-		return
+		return ControlResponse{}, err
 	}
 	if st == eventlog.Ended || sess.stopping {
 		sess.mu.Unlock()
-		writeJSON(w, http.StatusOK, ControlResponse{State: "ended", Already: true})
-		return
+		return ControlResponse{State: "ended", Already: true}, nil
 	}
 	sess.stopping = true
 	interrupted := sess.cancel != nil
@@ -527,19 +570,69 @@ func (s *Server) handleStop(w http.ResponseWriter, r *http.Request, sess *sessio
 	if running {
 		select {
 		case <-done:
-		case <-r.Context().Done():
-			return
+		case <-ctx.Done():
+			return ControlResponse{}, ctx.Err()
 		}
 	}
 	for _, m := range waiting {
 		s.append(sess, TypeError, ReplyEvent{ReplyTo: m.Key, Error: "not answered: session stopped"})
 	}
 	if err := s.setState(sess, eventlog.Ended, "stopped"); err != nil && !errors.Is(err, eventlog.ErrStreamEnded) {
-		s.internalError(w, "stop", sess.id, err)
-		return
+		return ControlResponse{}, err
+	}
+	if s.cfg.EndedRetention >= 0 {
+		s.mu.Lock()
+		s.endedAt[sess.id] = time.Now()
+		s.mu.Unlock()
 	}
 	s.lg.Info("session stopped", "session", sess.id)
-	writeJSON(w, http.StatusOK, ControlResponse{State: "ended", Interrupted: interrupted})
+	return ControlResponse{State: "ended", Interrupted: interrupted}, nil
+}
+
+// DeleteResponse answers DELETE /sessions/{id}.
+type DeleteResponse struct {
+	Deleted bool `json:"deleted"`
+	// Stopped is true if the session was still running and was stopped
+	// first.
+	Stopped bool `json:"stopped"`
+}
+
+// handleDelete stops the session if it runs, then deletes its stream: its
+// events are freed, its clients get an end event, and later requests for it
+// get 410 Gone. The id is never reused (see eventlog.Log.Delete).
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, sess *session) {
+	resp, err := s.stop(r.Context(), sess)
+	if r.Context().Err() != nil {
+		return
+	}
+	if err == nil {
+		err = s.deleteSession(r.Context(), sess.id)
+	}
+	if err != nil {
+		s.internalError(w, "delete", sess.id, err)
+		return
+	}
+	s.lg.Info("session deleted", "session", sess.id)
+	writeJSON(w, http.StatusOK, DeleteResponse{Deleted: true, Stopped: !resp.Already})
+}
+
+// deleteSession deletes the stream of session id and forgets the session.
+//
+// Errors: as eventlog.Log.Delete.
+func (s *Server) deleteSession(ctx context.Context, id string) error {
+	err := s.log.Delete(ctx, id)
+	if err == nil || errors.Is(err, eventlog.ErrStreamDeleted) {
+		s.forget(id)
+	}
+	return err
+}
+
+// forget drops the in-memory side of session id.
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	delete(s.sessions, id)
+	delete(s.endedAt, id)
+	s.mu.Unlock()
 }
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -574,7 +667,15 @@ type HistoryEvent struct {
 // before the given position, oldest first, and whether older ones exist.
 type HistoryResponse struct {
 	Events []HistoryEvent `json:"events"`
-	More   bool           `json:"more"`
+	// More is true if older retained events exist (page on with before =
+	// the first id).
+	More bool `json:"more"`
+	// Oldest is the cursor of the oldest retained event; events before it
+	// were dropped by retention.
+	Oldest string `json:"oldest"`
+	// Truncated is true if events before this page existed but are no
+	// longer retained: the history is complete back to Oldest only.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -614,15 +715,34 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 		writeError(w, http.StatusBadRequest, "before is beyond the head of the session")
 		return
 	}
+	oldest, err := s.log.Oldest(r.Context(), sess.id)
+	if err != nil {
+		s.internalError(w, "history", sess.id, err)
+		return
+	}
+	if before <= oldest && before > 1 {
+		// Every event before `before` was dropped by retention.
+		writeJSON(w, http.StatusGone, errorBody{Error: fmt.Sprintf("that history is no longer retained (oldest retained seq %d)", oldest)})
+		return
+	}
+	// The page is the events after..before-1, at most limit of them, and
+	// never older than the oldest retained one.
 	var after uint64
 	if before > uint64(limit)+1 {
 		after = before - 1 - uint64(limit)
 	}
-	resp := HistoryResponse{Events: []HistoryEvent{}, More: after > 0}
+	after = max(after, oldest-1)
+	resp := HistoryResponse{
+		Events:    []HistoryEvent{},
+		More:      after >= oldest,
+		Oldest:    s.log.Cursor(oldest).String(),
+		Truncated: after < oldest && oldest > 1,
+	}
 	n := int(before - 1 - after)
 	if n > 0 {
 		evs, err := s.log.ReadAfter(r.Context(), sess.id, after, n)
 		if errors.Is(err, eventlog.ErrCursorExpired) {
+			// Retention moved on since Oldest: the client asks again.
 			writeError(w, http.StatusGone, "that history is no longer retained")
 			return
 		}
@@ -639,28 +759,81 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 
 // syncLoop runs the periodic session sync round until Shutdown.
 func (s *Server) syncLoop() {
-	err := s.log.SyncEvery(s.baseCtx, s.cfg.SyncInterval, s.loadedIDs, s.syncSession, s.syncReport)
+	err := s.log.SyncEvery(s.baseCtx, s.cfg.SyncInterval, s.allIDs, s.syncSession, func(r eventlog.SyncReport) {
+		s.syncReport(r)
+		s.expireEnded(s.baseCtx)
+	})
 	if err != nil && s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
 		s.lg.Error("sync loop stopped", "err", err)
 	}
 }
 
-func (s *Server) loadedIDs() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ids := make([]string, 0, len(s.sessions))
-	for id := range s.sessions {
-		ids = append(ids, id)
+// allIDs lists every session in the log, not only those loaded since the
+// server started: after a restart, sessions nobody has touched yet are
+// synced too.
+func (s *Server) allIDs() []string {
+	infos, err := s.log.Streams(s.baseCtx, nil)
+	if err != nil {
+		if !errors.Is(err, eventlog.ErrClosed) && s.baseCtx.Err() == nil {
+			s.lg.Error("sync: list sessions", "err", err)
+		}
+		return nil
+	}
+	ids := make([]string, len(infos))
+	for i, in := range infos {
+		ids[i] = in.ID
 	}
 	return ids
 }
 
-// SyncOnce runs one sync round over the loaded sessions now and returns its
-// report (the loop runs it every SyncInterval).
+// SyncOnce runs one sync round over every session in the log now, then
+// deletes the ended sessions past EndedRetention, and returns the round's
+// report (the loop does this every SyncInterval).
 //
 // Errors: as eventlog.Log.Sync.
 func (s *Server) SyncOnce(ctx context.Context) (eventlog.SyncReport, error) {
-	return s.log.Sync(ctx, s.loadedIDs(), s.syncSession)
+	rep, err := s.log.Sync(ctx, s.allIDs(), s.syncSession)
+	if err == nil {
+		s.expireEnded(ctx)
+	}
+	return rep, err
+}
+
+// expireEnded deletes the sessions that have been ended for at least
+// EndedRetention. The end time is when this server stopped the session, or
+// for sessions ended before a restart, when the first round after it saw
+// them ended (so a restart only ever lengthens the retention).
+func (s *Server) expireEnded(ctx context.Context) {
+	if s.cfg.EndedRetention < 0 {
+		return
+	}
+	ended, err := s.log.Streams(ctx, func(st eventlog.State) bool { return st == eventlog.Ended })
+	if err != nil {
+		return // closed or canceled: the next round retries
+	}
+	now := time.Now()
+	var expired []string
+	s.mu.Lock()
+	for _, in := range ended {
+		t, ok := s.endedAt[in.ID]
+		if !ok {
+			s.endedAt[in.ID] = now
+			continue
+		}
+		if now.Sub(t) >= s.cfg.EndedRetention {
+			expired = append(expired, in.ID)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range expired {
+		if err := s.deleteSession(ctx, id); err != nil && !errors.Is(err, eventlog.ErrStreamDeleted) {
+			if !errors.Is(err, eventlog.ErrClosed) && ctx.Err() == nil {
+				s.lg.Warn("delete expired session", "session", id, "err", err)
+			}
+			return
+		}
+		s.lg.Info("ended session deleted after retention", "session", id, "retention", s.cfg.EndedRetention)
+	}
 }
 
 // syncSession is called for syncable sessions only (created, starting,
@@ -669,11 +842,14 @@ func (s *Server) SyncOnce(ctx context.Context) (eventlog.SyncReport, error) {
 // session with no client and no reply running for IdleTimeout is marked
 // Detached, so later rounds skip it.
 func (s *Server) syncSession(ctx context.Context, id string, st eventlog.State) error {
-	s.mu.Lock()
-	sess := s.sessions[id]
-	s.mu.Unlock()
-	if sess == nil {
-		return nil
+	// A session not loaded since a restart is loaded now: its replies cut
+	// short by the restart are closed, and its idle clock starts.
+	sess, err := s.session(ctx, id)
+	if errors.Is(err, eventlog.ErrStreamDeleted) {
+		return nil // deleted since the round listed it
+	}
+	if err != nil {
+		return err
 	}
 	if err := sess.mu.LockCtx(ctx); err != nil {
 		return err

@@ -148,6 +148,12 @@ func (s *Server) pump(ctx, hbCtx context.Context, sess *session, sub *eventlog.S
 				st.control(TypeEnd, eventlog.Cursor{}, StateEvent{State: "ended"})
 				st.flush()
 				return nil
+			case errors.Is(err, eventlog.ErrStreamDeleted):
+				// The session was deleted: its events are gone, so the
+				// stream ends here, and the client does not reconnect.
+				st.control(TypeEnd, eventlog.Cursor{}, StateEvent{State: "deleted"})
+				st.flush()
+				return nil
 			case ctx.Err() == nil && hbCtx.Err() != nil:
 				return errHeartbeat
 			}
