@@ -112,6 +112,77 @@ func TestBinary(t *testing.T) {
 	})
 }
 
+// TestBinarySecondSignalStopsDrain: the first SIGINT lets admitted work
+// finish for up to -drain (here an hour) and says so; a second SIGINT
+// must end that wait at once and answer every message, with a clean exit,
+// instead of being ignored until the drain expires.
+func TestBinarySecondSignalStopsDrain(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bot")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-sessions", filepath.Join(dir, "sessions.json"), "-echo-delay", "1h", "-drain", "1h")
+	cmd.Env = withoutDiscord()
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	lines := func(r io.Reader) <-chan string {
+		c := make(chan string, 100)
+		go func() {
+			defer close(c)
+			sc := bufio.NewScanner(r)
+			for sc.Scan() {
+				c <- sc.Text()
+			}
+		}()
+		return c
+	}
+	outc, errc := lines(stdout), lines(stderr)
+	var out []string
+	waitFor := func(c <-chan string, substr string) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			select {
+			case l, ok := <-c:
+				if !ok {
+					t.Fatalf("stream ended before %q; stdout so far: %q", substr, out)
+				}
+				if c == outc {
+					out = append(out, l)
+				}
+				if strings.Contains(l, substr) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %q within 30s", substr)
+			}
+		}
+	}
+	io.WriteString(stdin, "#a> runs for an hour\n#a> queued behind it\n")
+	waitFor(outc, "message 2 is waiting")
+	cmd.Process.Signal(os.Interrupt)
+	waitFor(errc, "send SIGINT (Ctrl-C) again")
+	cmd.Process.Signal(os.Interrupt)
+	waitFor(outc, "Not processed")
+	if err := runBounded(t, cmd); err != nil {
+		t.Fatalf("exit after the second SIGINT: %v", err)
+	}
+	for l := range outc {
+		out = append(out, l)
+	}
+	all := strings.Join(out, "\n")
+	if !strings.Contains(all, "[#a] ⏹️ Stopped: the bot is shutting down") {
+		t.Fatalf("the running message was not answered:\n%s", all)
+	}
+	stdin.Close()
+}
+
 func withoutDiscord() []string {
 	var env []string
 	for _, e := range os.Environ() {

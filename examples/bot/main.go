@@ -91,6 +91,9 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		if err != nil {
 			return fmt.Errorf("-agent-cmd: %w", err)
 		}
+		if err := c.Check(); err != nil {
+			return fmt.Errorf("-agent-cmd: %w", err)
+		}
 		ag = c
 	}
 	if h.agent != nil {
@@ -125,6 +128,9 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		if err != nil {
 			return err
 		}
+		if !isLoopback(addr) {
+			log.Warn("the web chat has no authentication: anyone who can reach this address can run the agent; prefer 127.0.0.1", "addr", addr.String())
+		}
 		if h.webReady != nil {
 			h.webReady(addr)
 		}
@@ -132,6 +138,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	default:
 		t := terminal.New(stdin, stdout)
 		t.ShowTyping = *showTyping
+		t.Hint = isTerminal(stdin)
 		p = t
 	}
 
@@ -139,7 +146,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		Platform: p, Agent: ag, Store: st, Timeout: *timeout,
 		TypingInterval: *typingEvery, DefaultModel: *model, Logger: log,
 	})
-	log.Info("bot started", "platform", p.Name(), "agent", agentName(*agentCmd), "sessions", st.Path(), "timeout", *timeout)
+	log.Info("bot started", "platform", p.Name(), "agent", agentName(ag), "sessions", st.Path(), "timeout", *timeout)
 
 	runErr := p.Run(ctx, r)
 	if runErr != nil {
@@ -154,6 +161,16 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		var cancel context.CancelFunc
 		dctx, cancel = context.WithTimeout(context.Background(), *drain)
 		defer cancel()
+		// A second SIGINT/SIGTERM ends the drain at once (running agents
+		// are killed, queued messages answered "not processed", the
+		// session store is still written). Registered before the log
+		// line below, so a signal sent after reading it is caught.
+		var stopSignals context.CancelFunc
+		dctx, stopSignals = signal.NotifyContext(dctx, os.Interrupt, syscall.SIGTERM)
+		defer stopSignals()
+		s := r.Stats()
+		log.Info("shutting down: finishing admitted messages; send SIGINT (Ctrl-C) again to stop them now",
+			"queued", s.Queued, "drain", *drain)
 	}
 	drainErr := r.Drain(dctx)
 	s := r.Stats()
@@ -166,9 +183,30 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	return errors.Join(runErr, drainErr)
 }
 
-func agentName(cmd string) string {
-	if cmd == "" {
+// isLoopback reports whether a listener's address is reachable only from
+// this machine.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// isTerminal reports whether r is a character device (a person typing),
+// not a pipe or file.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func agentName(a agent.Agent) string {
+	switch a := a.(type) {
+	case *agent.Command:
+		return a.Program()
+	case *agent.Echo:
 		return "echo"
 	}
-	return strings.Fields(cmd)[0]
+	return fmt.Sprintf("%T", a)
 }

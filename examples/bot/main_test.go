@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -603,4 +604,38 @@ func envWith(key, val string) []string {
 		}
 	}
 	return append(env, key+"="+val)
+}
+
+// TestMissingAgentProgramFailsAtStartup: a -agent-cmd whose program is not
+// installed used to start the bot anyway and fail every message with
+// "executable file not found"; it must stop at startup, naming the program,
+// before anything else runs.
+func TestMissingAgentProgramFailsAtStartup(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(t.Context(), append(sessionsFlag(t), "-agent-cmd", "no-such-agent-cli-7f3a -p {prompt}"),
+		strings.NewReader("hello\n"), io.Discard, &stderr)
+	if !errors.Is(err, exec.ErrNotFound) || !strings.Contains(err.Error(), "-agent-cmd") || !strings.Contains(err.Error(), "no-such-agent-cli-7f3a") {
+		t.Fatalf("run = %v, want a -agent-cmd error naming the program and wrapping exec.ErrNotFound", err)
+	}
+	if strings.Contains(stderr.String(), "bot started") {
+		t.Fatalf("the bot started anyway:\n%s", stderr.String())
+	}
+}
+
+// TestIsLoopback: the web chat warns when it listens beyond loopback
+// (-http :8081 listens on every interface, and the page runs the agent for
+// anyone who reaches it).
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[net.Addr]bool{
+		&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8081}: true,
+		&net.TCPAddr{IP: net.IPv6loopback, Port: 8081}:       true,
+		&net.TCPAddr{IP: net.IPv4zero, Port: 8081}:           false, // -http :8081
+		&net.TCPAddr{IP: net.IPv6unspecified, Port: 8081}:    false,
+		&net.TCPAddr{IP: net.IPv4(192, 168, 1, 5), Port: 80}: false,
+		&net.UnixAddr{Name: "/tmp/x", Net: "unix"}:           false,
+	} {
+		if got := isLoopback(addr); got != want {
+			t.Errorf("isLoopback(%v) = %v, want %v", addr, got, want)
+		}
+	}
 }

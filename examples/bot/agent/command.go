@@ -115,6 +115,20 @@ func splitWords(s string) ([]string, error) {
 	return out, nil
 }
 
+// Program returns the command's program (the template's first word).
+func (c *Command) Program() string { return c.argv[0] }
+
+// Check reports whether the program can be found (exec.LookPath), so a
+// typo or a missing CLI is reported at startup rather than as a failure of
+// every message. It returns the lookup error (wrapping exec.ErrNotFound
+// when the program is not in $PATH).
+func (c *Command) Check() error {
+	if _, err := exec.LookPath(c.argv[0]); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
 // Args returns the argument vector for req (program name first).
 // Placeholders are replaced inside each argument; a value never splits or
 // joins arguments. An argument that is exactly {session} or {model} when

@@ -324,7 +324,12 @@ func (r *Router) execute(j *job) {
 	if err != nil {
 		r.log.Warn("agent run failed", "channel", ch, "id", j.msg.ID, "err", err)
 		msg := "⚠️ The agent failed: " + err.Error()
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case r.life.Err() != nil:
+			// Drain gave up (or a second signal came): say so, rather
+			// than showing a bare "context canceled".
+			msg = "⏹️ Stopped: the bot is shutting down, so this run was canceled before it finished. The session is kept."
+		case errors.Is(err, context.DeadlineExceeded):
 			msg = fmt.Sprintf("⏱️ The agent did not answer within %s and was stopped. The session is kept; send another message to continue.", r.cfg.Timeout)
 		}
 		r.send(j.msg, msg)

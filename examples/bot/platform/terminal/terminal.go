@@ -3,8 +3,9 @@
 //
 // A line "#general> fix the tests" sends "fix the tests" to channel
 // general and makes general the current channel; a line without a prefix
-// goes to the current channel; "#dev>" alone switches channels. Output
-// lines are prefixed with the channel: "[#general] echo: fix the tests".
+// goes to the current channel; "#dev>" alone switches channels (and says
+// so). Blanks before the prefix are ignored. Output lines are prefixed
+// with the channel: "[#general] echo: fix the tests".
 package terminal
 
 import (
@@ -17,12 +18,16 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode"
 
 	"github.com/steadfast-go/steadfast/examples/bot/chat"
 )
 
 // Limit is the chunk size used for terminal replies.
 const Limit = 4000
+
+// HintText is the line Run prints first when Hint is set.
+const HintText = "Type a message and press Enter. \"#dev> text\" talks in channel #dev (lines without a prefix stay in the last channel); /help lists commands; Ctrl-D or Ctrl-C quits."
 
 // MaxLine is the longest input line accepted.
 const MaxLine = 1 << 20
@@ -37,6 +42,9 @@ type Terminal struct {
 	out io.Writer
 	// ShowTyping prints a line each time the typing indicator is set.
 	ShowTyping bool
+	// Hint makes Run start with a line explaining the input syntax (for
+	// a person at a terminal; off for piped input).
+	Hint bool
 
 	mu sync.Mutex // serializes writes to out
 }
@@ -74,6 +82,9 @@ func (t *Terminal) Run(ctx context.Context, h chat.Handler) error {
 		errc <- sc.Err()
 	}()
 	current, n := "general", 0
+	if t.Hint {
+		t.println(current, HintText)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,8 +93,13 @@ func (t *Terminal) Run(ctx context.Context, h chat.Handler) error {
 			return err
 		case line := <-lines:
 			text := line
-			if m := prefix.FindStringSubmatch(line); m != nil {
-				current, text = m[1], line[len(m[0]):]
+			trimmed := strings.TrimLeftFunc(line, unicode.IsSpace)
+			if m := prefix.FindStringSubmatch(trimmed); m != nil {
+				current, text = m[1], trimmed[len(m[0]):]
+				if strings.TrimSpace(text) == "" {
+					t.println(current, "now in #"+current+": lines without a #name> prefix go here")
+					continue
+				}
 			}
 			if strings.TrimSpace(text) == "" {
 				continue

@@ -26,12 +26,18 @@ func (r *recorder) Handle(m chat.Message) error {
 }
 
 // TestChannelPrefixes: "#name>" selects the channel for that line and the
-// following unprefixed lines; blank lines are skipped; ids count up.
+// following unprefixed lines, also after leading blanks (a pasted or
+// indented "  #qa> x" used to go to the current channel verbatim); a bare
+// "#ops>" switches and says so; blank lines are skipped; ids count up.
 func TestChannelPrefixes(t *testing.T) {
-	in := strings.NewReader("hello\n#dev> fix the tests\nand this too\n#ops>\n\n#ops> deploy\n#not a prefix\n")
+	in := strings.NewReader("hello\n#dev> fix the tests\nand this too\n#ops>\n\n#ops> deploy\n#not a prefix\n  \t#qa> spaced\n")
 	var rec recorder
-	if err := New(in, &bytes.Buffer{}).Run(t.Context(), &rec); err != nil {
+	var out bytes.Buffer
+	if err := New(in, &out).Run(t.Context(), &rec); err != nil {
 		t.Fatal(err)
+	}
+	if want := "[#ops] now in #ops: lines without a #name> prefix go here\n"; out.String() != want {
+		t.Fatalf("output %q, want %q", out.String(), want)
 	}
 	want := []chat.Message{
 		{Channel: "general", ID: "1", Author: "you", Text: "hello"},
@@ -39,6 +45,7 @@ func TestChannelPrefixes(t *testing.T) {
 		{Channel: "dev", ID: "3", Author: "you", Text: "and this too"},
 		{Channel: "ops", ID: "4", Author: "you", Text: "deploy"},
 		{Channel: "ops", ID: "5", Author: "you", Text: "#not a prefix"},
+		{Channel: "qa", ID: "6", Author: "you", Text: "spaced"},
 	}
 	if len(rec.msgs) != len(want) {
 		t.Fatalf("got %+v", rec.msgs)
@@ -74,5 +81,25 @@ func TestStopsWhenBotCloses(t *testing.T) {
 	}
 	if strings.Count(out.String(), "not accepted") != 1 {
 		t.Fatalf("output %q", out.String())
+	}
+}
+
+// TestHint: a person at a terminal is told how to pick a channel and get
+// help before typing anything; piped input (Hint off) gets no extra line.
+func TestHint(t *testing.T) {
+	for _, hint := range []bool{true, false} {
+		var out bytes.Buffer
+		term := New(strings.NewReader(""), &out)
+		term.Hint = hint
+		if err := term.Run(t.Context(), &recorder{}); err != nil {
+			t.Fatal(err)
+		}
+		got := out.String()
+		if hint && (!strings.HasPrefix(got, "[#general] Type a message") || !strings.Contains(got, "#dev> text") || !strings.Contains(got, "/help")) {
+			t.Fatalf("hint: %q", got)
+		}
+		if !hint && got != "" {
+			t.Fatalf("no hint wanted, got %q", got)
+		}
 	}
 }

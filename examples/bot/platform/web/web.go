@@ -7,8 +7,11 @@
 //	GET  /             the chat page
 //	POST /api/send     {"channel":"general","text":"hi","author":"ann"} → 202 {"id":"w1"}
 //	GET  /api/events   Server-Sent Events: every user message, reply,
-//	                   typing, waiting and started event, as JSON, with ids;
-//	                   Last-Event-ID (or ?after=N) resumes after an id.
+//	                   typing, waiting and started event, as JSON, with ids
+//	                   "<boot>-<seq>"; Last-Event-ID (or ?after=N) resumes
+//	                   after an id. An id from an earlier run of the server
+//	                   (another boot) starts over with a "restart" event,
+//	                   so a page left open across a restart keeps working.
 //
 // Ordering: the POST handler calls the router's Handle before it responds,
 // so a client that waits for each 202 before sending the next message gets
@@ -23,10 +26,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,7 +56,7 @@ var channelName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 // Event is one entry of the event stream.
 type Event struct {
 	Seq     uint64    `json:"seq"`
-	Kind    string    `json:"kind"` // user, bot, typing, waiting, started, gap
+	Kind    string    `json:"kind"` // user, bot, typing, waiting, started, gap, restart
 	Channel string    `json:"channel,omitempty"`
 	ID      string    `json:"id,omitempty"`       // message id (user, waiting, started)
 	ReplyTo string    `json:"reply_to,omitempty"` // for bot
@@ -65,6 +70,7 @@ type Event struct {
 type Web struct {
 	addr string
 	log  *slog.Logger
+	boot string // identifies this run of the server in event ids
 
 	ln   net.Listener
 	srv  *http.Server
@@ -83,7 +89,8 @@ func New(addr string, log *slog.Logger) *Web {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Web{addr: addr, log: log, quit: make(chan struct{}), notify: make(chan struct{})}
+	boot := strconv.FormatUint(rand.Uint64(), 36)
+	return &Web{addr: addr, log: log, boot: boot, quit: make(chan struct{}), notify: make(chan struct{})}
 }
 
 // Listen binds the address and returns it. It returns the listen error.
@@ -153,8 +160,9 @@ func (w *Web) send(rw http.ResponseWriter, r *http.Request, h chat.Handler) {
 	case !channelName.MatchString(req.Channel):
 		http.Error(rw, "bad channel name", http.StatusBadRequest)
 		return
-	case req.Text == "" || len(req.Text) > MaxText:
-		http.Error(rw, "text must be 1 to 16384 bytes", http.StatusBadRequest)
+	case strings.TrimSpace(req.Text) == "" || len(req.Text) > MaxText:
+		// Blank text would start an agent run with an empty prompt.
+		http.Error(rw, "text must be 1 to 16384 bytes, not only blanks", http.StatusBadRequest)
 		return
 	}
 	if req.Author == "" {
@@ -211,22 +219,24 @@ func (w *Web) stream(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
-	cursor := uint64(0)
 	last := r.Header.Get("Last-Event-ID")
 	if last == "" {
 		last = r.URL.Query().Get("after")
 	}
-	if last != "" {
-		n, err := strconv.ParseUint(last, 10, 64)
-		if err != nil {
-			http.Error(rw, "bad Last-Event-ID", http.StatusBadRequest)
-			return
-		}
-		cursor = n
+	cursor, restarted, err := w.parseCursor(last)
+	if err != nil {
+		http.Error(rw, "bad Last-Event-ID", http.StatusBadRequest)
+		return
 	}
 	rw.Header().Set("Content-Type", "text/event-stream")
 	rw.Header().Set("Cache-Control", "no-cache")
 	rw.WriteHeader(http.StatusOK)
+	if restarted {
+		// The client saw events of an earlier run: its ids mean nothing
+		// here, so it gets all of this run's events after a marker.
+		b, _ := json.Marshal(Event{Kind: "restart", Text: "the bot restarted", Time: time.Now().UTC()})
+		fmt.Fprintf(rw, "data: %s\n\n", b)
+	}
 	fl.Flush()
 	for {
 		evs, gap, changed := w.after(cursor)
@@ -236,7 +246,7 @@ func (w *Web) stream(rw http.ResponseWriter, r *http.Request) {
 		}
 		for _, e := range evs {
 			b, _ := json.Marshal(e)
-			if _, err := fmt.Fprintf(rw, "id: %d\ndata: %s\n\n", e.Seq, b); err != nil {
+			if _, err := fmt.Fprintf(rw, "id: %s-%d\ndata: %s\n\n", w.boot, e.Seq, b); err != nil {
 				return
 			}
 			cursor = e.Seq
@@ -250,6 +260,28 @@ func (w *Web) stream(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// parseCursor reads a Last-Event-ID: "" (from the start), "<boot>-<seq>"
+// as sent by this server, or a bare "<seq>". An id of another boot means
+// the server restarted since the client's last event: the client starts
+// over (restarted is true).
+func (w *Web) parseCursor(id string) (cursor uint64, restarted bool, err error) {
+	if id == "" {
+		return 0, false, nil
+	}
+	boot, seq, ok := strings.Cut(id, "-")
+	if !ok {
+		seq = boot
+	}
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if err != nil {
+		return 0, false, err
+	}
+	if ok && boot != w.boot {
+		return 0, true, nil
+	}
+	return n, false, nil
 }
 
 // Send publishes a bot reply.
