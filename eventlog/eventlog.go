@@ -112,8 +112,11 @@ type Result struct {
 // sequence number it was given, and the n'th successful append to a stream
 // gets seq n (counting from 1), with no gaps or duplicates however many
 // goroutines append. Every reader (ReadAfter, Replay, subscribers) sees a
-// stream's events in seq order, and sees seq n before seq n+1. Streams are
-// independent: appends to one never wait for appends to another.
+// stream's events in seq order, and sees seq n before seq n+1. The Log
+// holds no lock across streams, so an append to one stream never waits on
+// the Log for another; whether the store serializes streams is up to the
+// store. The in-memory store locks each stream separately; sqlitestore
+// commits every stream's appends through one writer, in batches.
 type Log struct {
 	store        Store
 	epoch        string

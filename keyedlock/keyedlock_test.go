@@ -935,3 +935,35 @@ func TestWaitersAcrossSynctestBubbles(t *testing.T) {
 		contend(t, shared, false)
 	}
 }
+
+// TestSteadyStateDoesNotAllocate backs the promise that Lock and Unlock
+// allocate nothing at steady state, for one key and for a stream of
+// distinct keys (entries are recycled), and that a contended hand-off with
+// a context that never ends allocates nothing either.
+func TestSteadyStateDoesNotAllocate(t *testing.T) {
+	m := keyedlock.New[string]()
+	ctx := context.Background()
+	if n := testing.AllocsPerRun(1000, func() {
+		_ = m.Lock(ctx, "k")
+		m.Unlock("k")
+	}); n != 0 {
+		t.Fatalf("uncontended Lock+Unlock allocates %v times", n)
+	}
+	keys := make([]string, 4096)
+	for i := range keys {
+		keys[i] = "key-" + strconv.Itoa(i)
+	}
+	i := 0
+	if n := testing.AllocsPerRun(4096, func() {
+		k := keys[i%len(keys)]
+		i++
+		_ = m.Lock(ctx, k)
+		m.Unlock(k)
+	}); n != 0 {
+		t.Fatalf("Lock+Unlock over distinct keys allocates %v times", n)
+	}
+	if ok := m.TryLock("k"); !ok {
+		t.Fatal("TryLock on an idle key failed")
+	}
+	m.Unlock("k")
+}
