@@ -31,13 +31,17 @@
 //     with ok=false; checks go on, backing off up to MaxBackoff while none
 //     succeeds, and back at the normal interval as soon as one does.
 //   - Optional lag checking: a check can report a head (for a chain node, its
-//     block number); a target too far behind the reference head is
+//     block number; any monotonic progress counter works, and a plain
+//     up/down check leaves it 0); a target too far behind the reference head is
 //     unhealthy, and one target reporting an absurd head cannot make the
 //     others look behind (see Group for the quorum rule).
 //   - Passive signals: ReportFailure demotes a target that fails real
 //     requests before its next check.
-//   - Subscribers learn every change of the selection, with its reason, in
-//     order, without ever blocking the checker.
+//   - Subscribers learn changes of the selection, with their reasons, in
+//     order, without ever blocking the checker. A subscriber that falls
+//     behind its buffer gets consecutive changes merged into one (the
+//     newest reason, with Change.Coalesced counting the merges), never a
+//     stale or reordered one.
 //   - Operators can Drain a target or Force one. Close waits for the group's
 //     goroutines.
 //

@@ -39,7 +39,8 @@ func main() {
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
+		os.Exit(0) // -help was asked for and printed, as the flag package does
+
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "bot:", err)
 		os.Exit(1)

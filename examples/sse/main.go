@@ -26,8 +26,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+	err := run(ctx, os.Args[1:], os.Stderr, nil)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		stop()
+		os.Exit(0) // -help was asked for and printed, as the flag package does
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "sse:", err)
+		stop()
 		os.Exit(1)
 	}
 }
