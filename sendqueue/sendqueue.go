@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,11 +121,11 @@ type Queue[T any] struct {
 	stop        chan struct{} // closed by Close
 	loopDone    chan struct{} // closed when the delivery goroutine exits
 
-	mu        sync.Mutex  // protects the fields below and every queued Ticket
-	buf       []*entry[T] // ring buffer; grows up to capacity
-	head, n   int         // first element, element count
-	bytes     int64       // total size of queued items
-	sending   *entry[T]   // the head while a send runs, else nil
+	mu        sync.Mutex // protects the fields below and every queued Ticket
+	buf       []slot[T]  // ring buffer; grows up to capacity
+	head, n   int        // first element, element count
+	bytes     int64      // total size of queued items
+	sending   bool       // a send of the head item is running
 	paused    bool
 	closed    bool
 	abandoned bool          // Close found items still queued
@@ -136,11 +137,13 @@ type Queue[T any] struct {
 	keyCtr    uint64        // counter part of the next generated block
 }
 
-type entry[T any] struct {
+// slot is one queued item, held by value in the ring buffer so that a Push
+// allocates only the Ticket the caller keeps.
+type slot[T any] struct {
 	item     Item[T]
 	size     int
-	attempts int // touched only by the delivery goroutine (and Close after it)
-	ticket   Ticket
+	attempts int // written only by the delivery goroutine (and Close after it)
+	ticket   *Ticket
 }
 
 // New returns a Queue that delivers items with send and starts its delivery
@@ -203,7 +206,7 @@ func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option
 	var p [8]byte
 	_, _ = rand.Read(p[:]) // crypto/rand.Read never fails
 	q.keyPrefix = hex.EncodeToString(p[:])
-	q.buf = make([]*entry[T], min(q.capacity, 16))
+	q.buf = make([]slot[T], min(q.capacity, 16))
 	q.sendCtx, q.cancel = context.WithCancel(context.Background())
 	go q.run()
 	return q
@@ -247,8 +250,8 @@ func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
 			return nil, ErrTooLarge
 		}
 	}
-	e := &entry[T]{item: it, size: size}
-	var evicted []*entry[T]
+	t := new(Ticket)
+	var evicted []slot[T]
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -265,12 +268,11 @@ func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
 			return nil, ErrFull
 		}
 	}
-	if e.item.Key == "" {
-		e.item.Key = q.nextKey()
+	if it.Key == "" {
+		it.Key = q.nextKey()
 	}
-	e.ticket.key = &e.item.Key
-	e.ticket.mu = &q.mu
-	q.pushBack(e)
+	t.key = it.Key
+	q.pushBack(slot[T]{item: it, size: size, ticket: t})
 	if q.idle {
 		q.idle = false
 		select {
@@ -282,48 +284,49 @@ func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
 	for _, v := range evicted {
 		q.report(Report[T]{Item: v.item, Err: ErrEvicted, Attempts: v.attempts})
 	}
-	return &e.ticket, nil
+	return t, nil
 }
 
 // evictFor removes the oldest evictable items so that one more item of the
 // given size fits, settles their tickets and returns them. It returns nil
 // and changes nothing if that is impossible. The caller holds q.mu.
-func (q *Queue[T]) evictFor(size int) []*entry[T] {
+func (q *Queue[T]) evictFor(size int) []slot[T] {
 	needN := q.n + 1 - q.capacity
 	needB := int64(0)
 	if q.maxBytes > 0 {
 		needB = q.bytes + int64(size) - q.maxBytes
 	}
-	var victims []*entry[T]
+	var victims []int // indexes, in queue order
 	for i := 0; i < q.n && (needN > 0 || needB > 0); i++ {
-		e := q.at(i)
-		if e == q.sending || e.item.Policy != Retry {
+		s := q.at(i)
+		if (i == 0 && q.sending) || s.item.Policy != Retry {
 			continue
 		}
-		victims = append(victims, e)
+		victims = append(victims, i)
 		needN--
-		needB -= int64(e.size)
+		needB -= int64(s.size)
 	}
 	if needN > 0 || needB > 0 {
 		return nil
 	}
-	j, v := 0, 0
+	evicted := make([]slot[T], 0, len(victims))
+	j := 0
 	for i := range q.n {
-		e := q.at(i)
-		if v < len(victims) && e == victims[v] { // victims are in queue order
-			v++
-			q.bytes -= int64(e.size)
-			e.ticket.settle(Failed, ErrEvicted)
+		s := q.at(i)
+		if len(evicted) < len(victims) && i == victims[len(evicted)] {
+			evicted = append(evicted, *s)
+			q.bytes -= int64(s.size)
+			s.ticket.settle(Failed, ErrEvicted)
 			continue
 		}
-		q.set(j, e)
+		*q.at(j) = *s
 		j++
 	}
 	for i := j; i < q.n; i++ {
-		q.set(i, nil)
+		*q.at(i) = slot[T]{}
 	}
 	q.n = j
-	return victims
+	return evicted
 }
 
 const (
@@ -348,15 +351,17 @@ func (q *Queue[T]) nextKey() string {
 			c >>= 4
 		}
 		low := byte(q.keyCtr)
-		buf := make([]byte, keysPerBlock*keyLen)
+		// A Builder hands over its buffer without the copy that
+		// string([]byte) makes.
+		var sb strings.Builder
+		sb.Grow(keysPerBlock * keyLen)
 		for i := range keysPerBlock {
-			k := buf[i*keyLen : (i+1)*keyLen]
-			copy(k, tmpl[:])
 			n := low | byte(i)
-			k[keyLen-2], k[keyLen-1] = digits[n>>4], digits[n&15]
+			tmpl[keyLen-2], tmpl[keyLen-1] = digits[n>>4], digits[n&15]
+			sb.Write(tmpl[:])
 		}
 		q.keyCtr += keysPerBlock
-		q.keyBlock = string(buf)
+		q.keyBlock = sb.String()
 	}
 	k := q.keyBlock[q.keyIdx*keyLen : (q.keyIdx+1)*keyLen]
 	q.keyIdx = (q.keyIdx + 1) % keysPerBlock
@@ -365,44 +370,36 @@ func (q *Queue[T]) nextKey() string {
 
 // Ring buffer helpers; the caller holds q.mu.
 
-func (q *Queue[T]) at(i int) *entry[T] {
+// at returns the i-th queued slot (0 is the head).
+func (q *Queue[T]) at(i int) *slot[T] {
 	i += q.head
 	if i >= len(q.buf) {
 		i -= len(q.buf)
 	}
-	return q.buf[i]
+	return &q.buf[i]
 }
 
-func (q *Queue[T]) set(i int, e *entry[T]) {
-	i += q.head
-	if i >= len(q.buf) {
-		i -= len(q.buf)
-	}
-	q.buf[i] = e
-}
-
-func (q *Queue[T]) pushBack(e *entry[T]) {
+func (q *Queue[T]) pushBack(s slot[T]) {
 	if q.n == len(q.buf) {
-		nb := make([]*entry[T], min(2*len(q.buf), q.capacity))
+		nb := make([]slot[T], min(2*len(q.buf), q.capacity))
 		for i := range q.n {
-			nb[i] = q.at(i)
+			nb[i] = *q.at(i)
 		}
 		q.buf, q.head = nb, 0
 	}
-	q.set(q.n, e)
+	*q.at(q.n) = s
 	q.n++
-	q.bytes += int64(e.size)
+	q.bytes += int64(s.size)
 }
 
 func (q *Queue[T]) popHead() {
-	e := q.buf[q.head]
-	q.buf[q.head] = nil
+	q.bytes -= int64(q.buf[q.head].size)
+	q.buf[q.head] = slot[T]{} // let the item be collected
 	q.head++
 	if q.head == len(q.buf) {
 		q.head = 0
 	}
 	q.n--
-	q.bytes -= int64(e.size)
 	if q.n == 0 && q.empty != nil {
 		close(q.empty)
 		q.empty = nil
@@ -413,8 +410,8 @@ func (q *Queue[T]) popHead() {
 func (q *Queue[T]) run() {
 	defer close(q.loopDone)
 	var (
-		boEntry *entry[T] // the item the back-off state belongs to
-		boGen   uint64    // resumeGen when the back-off was last reset
+		boEntry *Ticket // the item the back-off state belongs to
+		boGen   uint64  // resumeGen when the back-off was last reset
 	)
 	q.mu.Lock()
 	for {
@@ -432,13 +429,18 @@ func (q *Queue[T]) run() {
 			q.mu.Unlock()
 			return
 		}
-		e := q.buf[q.head]
-		q.sending = e
+		// The head cannot change while sending is set: Push does not
+		// evict it and Close waits for this goroutine before emptying.
+		head := &q.buf[q.head]
+		item, ticket, attempts := head.item, head.ticket, head.attempts+1
+		// Read the ticket now: its cache line then arrives during the
+		// send instead of stalling the atomic store in settle.
+		_ = ticket.Status()
+		q.sending = true
 		gen := q.resumeGen
 		q.mu.Unlock()
 
-		err, panicked := q.trySend(e.item)
-		e.attempts++
+		err, panicked := q.trySend(item)
 		var (
 			class  Class
 			reason error
@@ -453,17 +455,17 @@ func (q *Queue[T]) run() {
 			switch {
 			case class == ClassDrop:
 				reason = fmt.Errorf("%w: %w", ErrDropped, err)
-			case e.item.Policy == FireAndForget:
+			case item.Policy == FireAndForget:
 				reason = fmt.Errorf("%w: fire-and-forget send failed: %w", ErrGaveUp, err)
-			case q.maxAttempts > 0 && e.attempts >= q.maxAttempts:
-				reason = fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, e.attempts, err)
+			case q.maxAttempts > 0 && attempts >= q.maxAttempts:
+				reason = fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, attempts, err)
 			case class == ClassRetry:
-				if boEntry != e || boGen != gen {
+				if boEntry != ticket || boGen != gen {
 					q.bo.Reset()
-					boEntry, boGen = e, gen
+					boEntry, boGen = ticket, gen
 				}
 				if wait = q.bo.NextBackOff(); wait == Stop {
-					reason = fmt.Errorf("%w: back-off stopped after %d attempts: %w", ErrGaveUp, e.attempts, err)
+					reason = fmt.Errorf("%w: back-off stopped after %d attempts: %w", ErrGaveUp, attempts, err)
 				}
 			}
 		}
@@ -473,7 +475,8 @@ func (q *Queue[T]) run() {
 		}
 
 		q.mu.Lock()
-		q.sending = nil
+		q.sending = false
+		q.buf[q.head].attempts = attempts
 		// A Resume that raced with this attempt means the connection is
 		// back already: try again instead of waiting for another Resume.
 		if err != nil && class == ClassPause && q.resumeGen == gen {
@@ -482,13 +485,13 @@ func (q *Queue[T]) run() {
 		switch {
 		case err == nil:
 			q.popHead()
-			e.ticket.settle(Delivered, nil)
+			ticket.settle(Delivered, nil)
 			continue
 		case reason != nil:
 			q.popHead()
-			e.ticket.settle(Failed, reason)
+			ticket.settle(Failed, reason)
 			q.mu.Unlock()
-			q.report(Report[T]{Item: e.item, Err: reason, Attempts: e.attempts})
+			q.report(Report[T]{Item: item, Err: reason, Attempts: attempts})
 			q.mu.Lock()
 			continue
 		case class == ClassPause:
@@ -657,25 +660,26 @@ func (q *Queue[T]) Close(ctx context.Context) ([]Item[T], error) {
 	q.cancel()
 
 	q.mu.Lock()
-	left := make([]*entry[T], q.n)
+	left := make([]slot[T], q.n)
 	for i := range q.n {
-		left[i] = q.at(i)
-		q.set(i, nil)
+		s := q.at(i)
+		left[i] = *s
+		*s = slot[T]{}
 	}
 	q.n, q.bytes = 0, 0
 	q.abandoned = len(left) > 0
 	items := make([]Item[T], len(left))
-	for i, e := range left {
-		e.ticket.settle(Failed, ErrClosed)
-		items[i] = e.item
+	for i, s := range left {
+		s.ticket.settle(Failed, ErrClosed)
+		items[i] = s.item
 	}
 	if q.empty != nil {
 		close(q.empty)
 		q.empty = nil
 	}
 	q.mu.Unlock()
-	for _, e := range left {
-		q.report(Report[T]{Item: e.item, Err: ErrClosed, Attempts: e.attempts})
+	for _, s := range left {
+		q.report(Report[T]{Item: s.item, Err: ErrClosed, Attempts: s.attempts})
 	}
 	if len(items) == 0 {
 		items = nil

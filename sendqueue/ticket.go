@@ -3,7 +3,6 @@ package sendqueue
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 )
 
@@ -43,12 +42,14 @@ func (s Status) String() string {
 // A Ticket is safe for concurrent use and must not be copied. It settles
 // exactly once; Status, Err and Done agree once it has.
 type Ticket struct {
-	key   *string       // the queued item's Key
-	mu    *sync.Mutex   // the queue's lock: guards done and settling
-	state atomic.Uint32 // Status; stored after err is written
-	err   error         // why the item failed; written once, before state
-	done  chan struct{} // made on the first Done call, closed on settling
+	key   string                 // the queued item's Key
+	state atomic.Uint32          // Status; stored after err is written
+	err   error                  // why the item failed; written once, before state
+	done  atomic.Pointer[doneCh] // set by the first Done call, or settledDone
 }
+
+// doneCh boxes a Done channel so that it can be swapped atomically.
+type doneCh struct{ c chan struct{} }
 
 // closedChan is returned by Done for tickets that settled before anyone
 // asked, so that most tickets never allocate a channel.
@@ -58,13 +59,11 @@ var closedChan = func() chan struct{} {
 	return c
 }()
 
+// settledDone replaces a Ticket's Done channel once it has been closed.
+var settledDone = &doneCh{c: closedChan}
+
 // Key returns the item's idempotency key (the caller's, or the generated one).
-func (t *Ticket) Key() string {
-	if t.key == nil {
-		return ""
-	}
-	return *t.key
-}
+func (t *Ticket) Key() string { return t.key }
 
 // Status returns Pending, Delivered or Failed.
 func (t *Ticket) Status() Status { return Status(t.state.Load()) }
@@ -85,18 +84,24 @@ func (t *Ticket) Done() <-chan struct{} {
 	if t.Status() != Pending {
 		return closedChan
 	}
-	if t.mu == nil {
-		return nil // zero Ticket: never settles
+	if d := t.done.Load(); d != nil {
+		return d.c
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	if t.key == "" {
+		return nil // zero Ticket (Push always sets a key): never settles
+	}
+	// Lock-free hand-over with settle, which stores the state and then
+	// loads done: either settle sees d and closes it, or this goroutine
+	// sees the new state after publishing d and closes it. The
+	// CompareAndSwap to settledDone makes exactly one of them close it.
+	d := &doneCh{c: make(chan struct{})}
+	if !t.done.CompareAndSwap(nil, d) {
+		return t.done.Load().c
+	}
 	if t.Status() != Pending {
-		return closedChan
+		t.closeDone(d)
 	}
-	if t.done == nil {
-		t.done = make(chan struct{})
-	}
-	return t.done
+	return d.c
 }
 
 // Wait blocks until the ticket settles or ctx is done. It returns nil if the
@@ -111,11 +116,22 @@ func (t *Ticket) Wait(ctx context.Context) error {
 	}
 }
 
-// settle records the outcome. The caller holds *t.mu.
+// settle records the outcome. It is called once per ticket, by the queue,
+// under the queue's lock.
 func (t *Ticket) settle(s Status, err error) {
-	t.err = err
+	if err != nil {
+		t.err = err
+	}
 	t.state.Store(uint32(s))
-	if t.done != nil {
-		close(t.done)
+	if d := t.done.Load(); d != nil {
+		t.closeDone(d)
+	}
+}
+
+// closeDone closes d, the channel Done handed out, unless the other side of
+// the hand-over (settle or Done) already did.
+func (t *Ticket) closeDone(d *doneCh) {
+	if d != settledDone && t.done.CompareAndSwap(d, settledDone) {
+		close(d.c)
 	}
 }
