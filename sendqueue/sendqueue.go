@@ -630,7 +630,9 @@ func (q *Queue[T]) Flush(ctx context.Context) error {
 // Close stops the queue: Push fails with ErrClosed from now on, a send that
 // is running finishes (and its result is kept), and the delivery goroutine
 // exits; Close waits for it. If ctx ends before the running send returns,
-// the send's context is canceled and Close still waits for it.
+// the send's context is canceled and Close still waits for it, so that no
+// goroutine outlives Close: a send function must return promptly once its
+// context is canceled, or Close waits as long as it runs.
 //
 // Items still queued are not sent: Close returns them in order, settles
 // their tickets with [ErrClosed] and reports them with ErrClosed. To deliver
