@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -57,7 +58,7 @@ func helperMain(mode string) int {
 			return 5
 		}
 		os.Rename(os.Getenv("AGENT_PIDFILE")+".tmp", os.Getenv("AGENT_PIDFILE"))
-		select {}
+		blockUntilKilled()
 	case "background": // leave a child holding stdout open, answer, exit 0
 		self, _ := os.Executable()
 		child, err := os.StartProcess(self, []string{self}, &os.ProcAttr{
@@ -74,9 +75,21 @@ func helperMain(mode string) int {
 		if f := os.Getenv("AGENT_PIDFILE"); f != "" {
 			os.WriteFile(f+".child", []byte(strconv.Itoa(os.Getpid())), 0o600)
 		}
-		select {}
+		blockUntilKilled()
 	}
 	return 2
+}
+
+// blockUntilKilled hangs the helper process until a signal ends it. A bare
+// select {} is not enough: with no other goroutine alive (no -race runtime
+// helpers), the Go runtime aborts the process as deadlocked, and the test
+// would see a crash instead of a hang. A registered signal channel keeps the
+// runtime's signal watcher alive, so the process really waits.
+func blockUntilKilled() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGUSR1)
+	<-c
+	os.Exit(6)
 }
 
 func helperCommand(t *testing.T, mode string, tmpl string) *Command {
