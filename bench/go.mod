@@ -12,6 +12,7 @@ require (
 	github.com/steadfast-go/steadfast/examples v0.0.0-00010101000000-000000000000
 	github.com/tmaxmax/go-sse v0.12.0
 	go.uber.org/goleak v1.3.0
+	golang.org/x/mod v0.43.0
 	k8s.io/utils v0.0.0-20261023123148-ca04ba58ecab
 )
 
