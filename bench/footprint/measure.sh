@@ -3,14 +3,20 @@
 # modules in `go list -m all`, go.sum lines, module cache MB, first build
 # seconds (empty module and build caches) and binary size.
 #
-#   bash bench/footprint/measure.sh [REPO_DIR]
+#   bash bench/footprint/measure.sh [--only NAME] [REPO_DIR]
 #
+# --only keyedlock measures that one consumer (CI uses it as a guard).
 # The steadfast modules of REPO_DIR (default: this checkout) are published
 # into a local file module proxy by ./footprint (a zip per module, as a
 # tagged release); third-party modules come from the usual module proxy.
 # Nothing goes through a replace directive.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+only=""
+if [ "${1:-}" = "--only" ]; then
+	only=$2
+	shift 2
+fi
 repo="$(cd "${1:-$here/../..}" && pwd)"
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
@@ -24,6 +30,7 @@ done
 upstream="$(go env GOPROXY)"
 consumer() { # name import-path
 	local name=$1 pkg=$2 dir="$work/$1"
+	[ -z "$only" ] || [ "$only" = "$name" ] || return 0
 	mkdir -p "$dir"
 	cat >"$dir/main.go" <<GO
 package main
