@@ -578,68 +578,76 @@ type result struct {
 // check succeeded (a recovering target): only rounds without either back
 // off, so the end of a total outage is acted on at the normal pace.
 func (g *Group[T]) round(ctx context.Context) bool {
-	n := len(g.targets)
-	results := make([]result, n)
-	launch := make([]bool, n)
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	results, launch, ok := g.startRound()
+	if !ok {
 		return false
 	}
-	launched := 0
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.timeout)
+	defer cancel()
+	g.collect(cctx, results, launch)
+	if ctx.Err() != nil {
+		return false
+	}
+	return g.apply(results)
+}
+
+// startRound marks the targets whose check can start as in flight. A check
+// that ignores its context may still be running from an earlier round: its
+// result is another timeout, and no second call starts. It returns false
+// after Close.
+func (g *Group[T]) startRound() (results []result, launch []bool, ok bool) {
+	results = make([]result, len(g.targets))
+	launch = make([]bool, len(g.targets))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil, nil, false
+	}
 	for i := range g.st {
 		results[i].i = i
 		if g.st[i].inflight {
-			// A check that ignores its context is still running from an
-			// earlier round: count it as another timeout, start no second.
 			results[i].err = fmt.Errorf("%w: previous check still running", ErrTimeout)
 			continue
 		}
 		g.st[i].inflight = true
 		g.running++
 		launch[i] = true
-		launched++
 	}
-	g.mu.Unlock()
+	return results, launch, true
+}
 
-	cctx, cancel := context.WithTimeout(ctx, g.cfg.timeout)
-	defer cancel()
+// collect runs the launched checks and waits for them until ctx ends; a
+// check that has not answered by then gets a timeout as its result.
+func (g *Group[T]) collect(ctx context.Context, results []result, launch []bool) {
 	// Buffered so that a check returning after the round never blocks.
-	ch := make(chan result, n)
+	ch := make(chan result, len(launch))
+	pending := 0
 	for i := range launch {
 		if launch[i] {
-			go g.runCheck(cctx, i, ch)
+			go g.runCheck(ctx, i, ch)
+			pending++
 		}
 	}
-	got := make([]bool, n)
+	got := make([]bool, len(launch))
 wait:
-	for launched > 0 {
+	for ; pending > 0; pending-- {
 		select {
 		case r := <-ch:
 			results[r.i], got[r.i] = r, true
-			launched--
-		case <-cctx.Done():
+		case <-ctx.Done():
 			break wait
 		}
 	}
-	for drain := true; drain && launched > 0; {
-		select {
-		case r := <-ch:
-			results[r.i], got[r.i] = r, true
-			launched--
-		default:
-			drain = false
-		}
-	}
-	if ctx.Err() != nil {
-		return false
+	// Results that arrived at the same moment as the deadline still count.
+	for ; pending > 0 && len(ch) > 0; pending-- {
+		r := <-ch
+		results[r.i], got[r.i] = r, true
 	}
 	for i := range launch {
 		if launch[i] && !got[i] {
 			results[i].err = fmt.Errorf("%w after %v", ErrTimeout, g.cfg.timeout)
 		}
 	}
-	return g.apply(results)
 }
 
 func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
@@ -670,43 +678,55 @@ func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
 // apply records a round's results and reselects. It reports whether the
 // round made progress (see round).
 func (g *Group[T]) apply(results []result) bool {
+	verdicts := judge(results, g.cfg.maxLag)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return false
 	}
 	now := time.Now()
-	var ref uint64
-	lagOn := g.cfg.maxLag > 0
-	if lagOn {
-		var heads []uint64
-		for _, r := range results {
-			if r.err == nil {
-				heads = append(heads, r.h.Head)
-			}
-		}
-		ref = slices.Max(append(heads, 0))
-	}
 	progress := false
-	for _, r := range results {
-		err := r.err
-		if err == nil {
-			s := &g.st[r.i]
-			s.head = r.h.Head
-			s.lag = 0
-			if lagOn && ref > r.h.Head {
-				s.lag = ref - r.h.Head
-				if s.lag > g.cfg.maxLag {
-					err = fmt.Errorf("%w: head %d is %d behind head %d (max %d)",
-						ErrLagging, r.h.Head, s.lag, ref, g.cfg.maxLag)
-				}
-			}
+	for k, r := range results {
+		v := verdicts[k]
+		if r.err == nil {
+			g.st[r.i].head, g.st[r.i].lag = r.h.Head, v.lag
 		}
-		g.record(r.i, err, now)
-		progress = progress || err == nil || g.st[r.i].state == Healthy
+		g.record(r.i, v.err, now)
+		progress = progress || v.err == nil || g.st[r.i].state == Healthy
 	}
 	g.reselect(now, false)
 	return progress
+}
+
+// verdict is what a round's result means for its target.
+type verdict struct {
+	err error  // nil for a success within the lag limit
+	lag uint64 // how far the head is below the round's highest (0 when lag checking is off)
+}
+
+// judge decides each result of one round: a failed check keeps its error;
+// with maxLag > 0, a success more than maxLag below the highest head among
+// the round's successes becomes an ErrLagging failure. It is pure.
+func judge(results []result, maxLag uint64) []verdict {
+	var top uint64
+	for _, r := range results {
+		if r.err == nil {
+			top = max(top, r.h.Head)
+		}
+	}
+	out := make([]verdict, len(results))
+	for k, r := range results {
+		out[k].err = r.err
+		if r.err != nil || maxLag == 0 {
+			continue
+		}
+		out[k].lag = top - r.h.Head
+		if out[k].lag > maxLag {
+			out[k].err = fmt.Errorf("%w: head %d is %d behind head %d (max %d)",
+				ErrLagging, r.h.Head, out[k].lag, top, maxLag)
+		}
+	}
+	return out
 }
 
 // record applies one result to target i's counters. g.mu must be held.
@@ -740,65 +760,77 @@ func (g *Group[T]) eligible(i int) bool {
 // subscribers of a change. manual marks an operator action. g.mu must be
 // held.
 func (g *Group[T]) reselect(now time.Time, manual bool) {
-	next, reason := g.cur, Initial
-	switch {
-	case g.forced >= 0:
-		next, reason = g.forced, Manual
-	default:
-		best := -1
-		for i := range g.st {
-			if g.eligible(i) {
-				best = i
-				break
-			}
-		}
-		switch {
-		case best < 0 || best == g.cur:
-			// Nothing eligible: keep the last selection.
-		case g.cur < 0:
-			next, reason = best, Initial
-			if manual {
-				reason = Manual
-			}
-		case !g.eligible(g.cur):
-			next, reason = best, CurrentUnhealthy
-			if manual {
-				reason = Manual
-			}
-		case manual:
-			next, reason = best, Manual
-		case now.Sub(g.lastChange) >= g.cfg.minDwell:
-			next, reason = best, BetterAvailable
+	in := choice{
+		cur:       g.cur,
+		forced:    g.forced,
+		best:      -1,
+		manual:    manual,
+		dwellOver: now.Sub(g.lastChange) >= g.cfg.minDwell,
+	}
+	for i := range g.st {
+		if g.eligible(i) {
+			in.best = i
+			break
 		}
 	}
-	ok := false
-	if next >= 0 {
-		ok = g.st[next].state == Healthy && (next == g.forced || !g.st[next].drained)
-	}
+	in.curEligible = g.cur >= 0 && g.eligible(g.cur)
+	next, reason := decide(in)
+	ok := next >= 0 && g.st[next].state == Healthy && (next == g.forced || !g.st[next].drained)
 	v := uint64(next+1) << 1
 	if ok {
 		v |= 1
 	}
 	g.sel.Store(v)
-	if next == g.cur {
-		return
+	if next != g.cur {
+		g.announce(next, reason, now)
 	}
-	from := g.cur
-	g.cur = next
-	g.lastChange = now
+}
+
+// choice is what the selection rule looks at.
+type choice struct {
+	cur, forced int  // selected and forced index, -1 for none
+	best        int  // first eligible (healthy, not drained) index, -1 for none
+	curEligible bool // the selected target is eligible
+	manual      bool // an operator action triggered the decision
+	dwellOver   bool // MinDwell has passed since the last change
+}
+
+// decide returns the target to select and, if it differs from c.cur, why.
+// It is the selection rule of Group's doc, and pure.
+func decide(c choice) (next int, reason Reason) {
+	switch {
+	case c.forced >= 0:
+		return c.forced, Manual
+	case c.best < 0 || c.best == c.cur:
+		return c.cur, Initial // nothing better: stay
+	case c.manual:
+		return c.best, Manual
+	case c.cur < 0:
+		return c.best, Initial
+	case !c.curEligible:
+		return c.best, CurrentUnhealthy
+	case c.dwellOver:
+		return c.best, BetterAvailable
+	}
+	return c.cur, Initial // better available, but within MinDwell
+}
+
+// announce records a change of the selection to next and queues it for
+// every subscriber. g.mu must be held.
+func (g *Group[T]) announce(next int, reason Reason, now time.Time) {
 	g.seq++
 	c := Change[T]{
-		FromIndex: from,
+		FromIndex: g.cur,
 		ToIndex:   next,
 		To:        g.targets[next],
 		Reason:    reason,
 		Seq:       g.seq,
 		At:        now,
 	}
-	if from >= 0 {
-		c.From = g.targets[from]
+	if g.cur >= 0 {
+		c.From = g.targets[g.cur]
 	}
-	g.last = c
+	g.cur, g.lastChange, g.last = next, now, c
 	for s := range g.subs {
 		s.push(c)
 	}
