@@ -32,11 +32,15 @@
 //     succeeds, and back at the normal interval as soon as one does.
 //   - Optional lag checking: a check can report a head (for a chain node, its
 //     block number; any monotonic progress counter works, and a plain
-//     up/down check leaves it 0); a target too far behind the reference head is
-//     unhealthy, and one target reporting an absurd head cannot make the
-//     others look behind (see Group for the quorum rule).
-//   - Passive signals: ReportFailure demotes a target that fails real
-//     requests before its next check.
+//     up/down check leaves it 0); a target too far behind the highest head
+//     of its round is unhealthy, so of two nodes that disagree the one ahead
+//     wins.
+//   - Passive signals: ReportFailure counts a failed request against a
+//     target before its next check; wrapping the error with Down (the
+//     caller knows the target is down, e.g. its dial was refused) demotes
+//     it at once.
+//   - A subscriber never misses the current selection: it first receives
+//     the latest change made before it subscribed.
 //   - Subscribers learn changes of the selection, with their reasons, in
 //     order, without ever blocking the checker. A subscriber that falls
 //     behind its buffer gets consecutive changes merged into one (the
@@ -70,6 +74,9 @@
 //		// no healthy node: try g.Target(i) anyway, or fail fast
 //	}
 //	if err := g.Target(i).Call(req); err != nil {
-//		g.ReportFailure(i, err) // demotes before the next check
+//		if errors.Is(err, syscall.ECONNREFUSED) {
+//			err = failover.Down(err) // nothing listens: demote at once
+//		}
+//		g.ReportFailure(i, err) // counts before the next check
 //	}
 package failover

@@ -7,29 +7,27 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
 // Errors returned by this package. Errors recorded for a target (see
 // TargetStatus.LastErr) wrap ErrTimeout, ErrLagging or ErrCheckPanicked when
-// the group produced them, or are the check's own error otherwise.
+// the group produced them, or are the check's own error (or the error given
+// to ReportFailure) otherwise.
 var (
 	// ErrNoTargets is returned by New when the target list is empty.
 	ErrNoTargets = errors.New("failover: no targets")
-	// ErrInvalidOption is wrapped by New's error for an out-of-range option.
-	ErrInvalidOption = errors.New("failover: invalid option")
 	// ErrTimeout is recorded when a check did not return within the timeout,
 	// or was still running from an earlier round.
 	ErrTimeout = errors.New("failover: check timed out")
 	// ErrLagging is recorded when a check succeeded but reported a head too
-	// far behind the reference head (see WithMaxLag).
-	ErrLagging = errors.New("failover: target lags behind the reference head")
+	// far behind the highest head of its round (see WithMaxLag).
+	ErrLagging = errors.New("failover: target lags behind the highest head")
 	// ErrCheckPanicked is recorded when a check panicked; the panic is
 	// recovered and counts as a failure.
 	ErrCheckPanicked = errors.New("failover: check panicked")
-	// ErrTargetDown can be wrapped in an error passed to ReportFailure to
-	// demote the target at once instead of counting one failure.
+	// ErrTargetDown, wrapped in an error passed to ReportFailure (see
+	// Down), demotes the target at once instead of counting one failure.
 	ErrTargetDown = errors.New("failover: target down")
 	// ErrIndex is returned when a target index is out of range.
 	ErrIndex = errors.New("failover: target index out of range")
@@ -39,6 +37,17 @@ var (
 	// cancellation and were still running after the grace period.
 	ErrChecksAbandoned = errors.New("failover: checks still running after close")
 )
+
+// Down returns an error that wraps both ErrTargetDown and err, for
+// ReportFailure: the caller has proof that the target is down (for example
+// its dial was refused), so the target is demoted at once rather than after
+// Fall failures. Down(nil) returns ErrTargetDown.
+func Down(err error) error {
+	if err == nil {
+		return ErrTargetDown
+	}
+	return fmt.Errorf("%w: %w", ErrTargetDown, err)
+}
 
 // Health is what a check reports about a healthy target.
 type Health struct {
@@ -117,9 +126,14 @@ func (r Reason) String() string {
 // Consecutive changes delivered to one subscriber chain: each From is the
 // previous To.
 type Change[T any] struct {
-	From, To           T
-	FromIndex, ToIndex int // FromIndex is -1 for the first change (From is then the zero T)
-	Reason             Reason
+	// From is the target selected before the change (the zero T for the
+	// first change); To is the target selected now.
+	From, To T
+	// FromIndex and ToIndex are the indexes of From and To in the list
+	// given to New; FromIndex is -1 for the first change.
+	FromIndex, ToIndex int
+	// Reason says why the selection moved.
+	Reason Reason
 	// Seq numbers the changes of a group 1, 2, 3...; it is the Seq of the
 	// newest change merged into this one.
 	Seq uint64
@@ -133,18 +147,19 @@ type Change[T any] struct {
 
 // TargetStatus is a snapshot of one target, for metrics and operators.
 type TargetStatus[T any] struct {
-	Index    int
-	Target   T
-	State    State
-	Selected bool // Pick returns this target
-	Drained  bool
-	Forced   bool
-	Checking bool // a check call is in flight
+	Index    int   // position in the list given to New (0 is the primary)
+	Target   T     // the target itself
+	State    State // health as the group sees it
+	Selected bool  // Pick returns this target
+	Drained  bool  // excluded from selection by Drain until Undrain
+	Forced   bool  // the selection is pinned here by Force
+	Checking bool  // a check call is in flight
 	// Successes and Failures are the current consecutive counts (one of
 	// them is 0).
 	Successes, Failures int
 	// Head is the last head reported by a successful check; Lag is how far
-	// it was behind the reference head then (0 when lag checking is off).
+	// it was behind the highest head of that round (0 when lag checking is
+	// off).
 	Head, Lag uint64
 	LastErr   error     // nil after a success
 	LastCheck time.Time // when the last check result was recorded
@@ -190,16 +205,14 @@ type targetState struct {
 //   - Force pins the selection to one target regardless of health until
 //     Unforce.
 //
-// Lag: with WithMaxLag(n), the successful checks of a round are compared to
-// a reference head: the highest reported head H such that at least
-// HeadQuorum targets (or all reporting targets, if fewer) report a head of at
-// least H-n. A target whose head is more than n below the reference counts
-// as a failed check (with an error wrapping ErrLagging). So one target
-// reporting an absurd head cannot drag the reference up on its own: it needs
-// HeadQuorum-1 others that agree with it.
-// A target ahead of the reference is never lagging. With two targets that
-// disagree by more than n and the default quorum of 2, the lower head is the
-// reference and neither is lagging; WithHeadQuorum(1) trusts the highest head.
+// Lag: with WithMaxLag(n), each successful check of a round is compared to
+// the highest head reported in that round. A target more than n below it
+// counts as a failed check (with an error wrapping ErrLagging), so of two
+// targets that disagree by more than n the one ahead is chosen. The highest
+// head is trusted: a node can fall behind, but a chain node cannot invent
+// blocks. A check that can tell a head is absurd (from another chain, or
+// beyond what the clock allows) should return an error instead of that
+// head: it is then a failed check and the others are judged without it.
 //
 // A Group is safe for concurrent use. Pick is lock-free and allocation-free.
 // No lock is held while a check runs: a check that hangs delays neither Pick,
@@ -223,6 +236,7 @@ type Group[T any] struct {
 	forced     int // -1 when not forced
 	lastChange time.Time
 	seq        uint64
+	last       Change[T] // the change numbered seq, valid when seq > 0
 	subs       map[*subscriber[T]]struct{}
 	closed     bool
 	running    int           // check calls that have not returned
@@ -234,16 +248,19 @@ type Group[T any] struct {
 // New creates a group over targets, listed in priority order (primary
 // first), and starts checking them at once (nil options are ignored). It
 // does not wait for the first round: until a target has reported, Pick
-// returns the primary with ok=false. check must not be nil.
+// returns the primary with ok=false; Subscribe right after New still sees
+// the first change (see Subscribe).
 //
-// New returns an error wrapping ErrNoTargets when targets is empty, and one
-// wrapping ErrInvalidOption for an out-of-range option.
+// New returns ErrNoTargets when targets is empty. It panics, with a message
+// starting "failover: ", if check is nil, if an option's value is out of
+// range, or if the timeout is longer than the interval: those are
+// programming errors, not conditions to handle at run time.
 func New[T any](targets []T, check CheckFunc[T], opts ...Option) (*Group[T], error) {
 	if len(targets) == 0 {
 		return nil, ErrNoTargets
 	}
 	if check == nil {
-		return nil, fmt.Errorf("%w: nil check func", ErrInvalidOption)
+		invalid("nil check func")
 	}
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -251,11 +268,8 @@ func New[T any](targets []T, check CheckFunc[T], opts ...Option) (*Group[T], err
 			o.apply(&cfg)
 		}
 	}
-	if cfg.err == nil && cfg.timeout > cfg.interval {
-		cfg.fail("timeout %v longer than interval %v", cfg.timeout, cfg.interval)
-	}
-	if cfg.err != nil {
-		return nil, cfg.err
+	if cfg.timeout > cfg.interval {
+		invalid("timeout %v longer than interval %v", cfg.timeout, cfg.interval)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Group[T]{
@@ -309,8 +323,9 @@ func (g *Group[T]) PickIndex() (index int, ok bool) {
 // ReportFailure records a failed request against target i, seen by the
 // caller outside of health checks (passive checking). It counts as one
 // failed check towards the fall threshold, so a target failing requests is
-// demoted before its next check. If err wraps ErrTargetDown or
-// syscall.ECONNREFUSED the target is demoted at once. A nil err counts as a
+// demoted before its next check. If err wraps ErrTargetDown (see Down) the
+// target is demoted at once: whether an error proves a target down is the
+// caller's policy, never guessed from the error. A nil err counts as a
 // plain failure. Successes are only ever learned from checks.
 //
 // ReportFailure returns an error wrapping ErrIndex if i is out of range, or
@@ -328,7 +343,7 @@ func (g *Group[T]) ReportFailure(i int, err error) error {
 		return ErrClosed
 	}
 	s := &g.st[i]
-	if errors.Is(err, ErrTargetDown) || errors.Is(err, syscall.ECONNREFUSED) {
+	if errors.Is(err, ErrTargetDown) {
 		s.succ = 0
 		s.fail = max(s.fail+1, g.cfg.fall)
 		s.state = Unhealthy
@@ -421,10 +436,13 @@ func (g *Group[T]) Status() []TargetStatus[T] {
 	return out
 }
 
-// Subscribe returns a channel that receives every later change of the
-// selected target, in order, and a cancel func that stops delivery and
-// closes the channel (cancel is idempotent). Past changes are not replayed:
-// call Pick after Subscribe to learn the current selection.
+// Subscribe returns a channel that receives the changes of the selected
+// target, in order, and a cancel func that stops delivery and closes the
+// channel (cancel is idempotent). If a selection has been made, the first
+// value received is the latest change before Subscribe (its To is the
+// current selection); every later change follows. So a subscriber never
+// misses the current selection, however soon after New it subscribes, and
+// the changes it receives chain: each From is the previous To.
 //
 // Delivery runs in a goroutine per subscriber, outside the group's locks, so
 // a slow subscriber never blocks checks, Pick or other subscribers. Up to the
@@ -446,6 +464,9 @@ func (g *Group[T]) Subscribe() (<-chan Change[T], func()) {
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		limit: g.cfg.subBuffer,
+	}
+	if g.seq > 0 {
+		s.push(g.last) // under g.mu: no change can slip in between
 	}
 	g.subs[s] = struct{}{}
 	g.wg.Add(1)
@@ -557,68 +578,76 @@ type result struct {
 // check succeeded (a recovering target): only rounds without either back
 // off, so the end of a total outage is acted on at the normal pace.
 func (g *Group[T]) round(ctx context.Context) bool {
-	n := len(g.targets)
-	results := make([]result, n)
-	launch := make([]bool, n)
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	results, launch, ok := g.startRound()
+	if !ok {
 		return false
 	}
-	launched := 0
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.timeout)
+	defer cancel()
+	g.collect(cctx, results, launch)
+	if ctx.Err() != nil {
+		return false
+	}
+	return g.apply(results)
+}
+
+// startRound marks the targets whose check can start as in flight. A check
+// that ignores its context may still be running from an earlier round: its
+// result is another timeout, and no second call starts. It returns false
+// after Close.
+func (g *Group[T]) startRound() (results []result, launch []bool, ok bool) {
+	results = make([]result, len(g.targets))
+	launch = make([]bool, len(g.targets))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil, nil, false
+	}
 	for i := range g.st {
 		results[i].i = i
 		if g.st[i].inflight {
-			// A check that ignores its context is still running from an
-			// earlier round: count it as another timeout, start no second.
 			results[i].err = fmt.Errorf("%w: previous check still running", ErrTimeout)
 			continue
 		}
 		g.st[i].inflight = true
 		g.running++
 		launch[i] = true
-		launched++
 	}
-	g.mu.Unlock()
+	return results, launch, true
+}
 
-	cctx, cancel := context.WithTimeout(ctx, g.cfg.timeout)
-	defer cancel()
+// collect runs the launched checks and waits for them until ctx ends; a
+// check that has not answered by then gets a timeout as its result.
+func (g *Group[T]) collect(ctx context.Context, results []result, launch []bool) {
 	// Buffered so that a check returning after the round never blocks.
-	ch := make(chan result, n)
+	ch := make(chan result, len(launch))
+	pending := 0
 	for i := range launch {
 		if launch[i] {
-			go g.runCheck(cctx, i, ch)
+			go g.runCheck(ctx, i, ch)
+			pending++
 		}
 	}
-	got := make([]bool, n)
+	got := make([]bool, len(launch))
 wait:
-	for launched > 0 {
+	for ; pending > 0; pending-- {
 		select {
 		case r := <-ch:
 			results[r.i], got[r.i] = r, true
-			launched--
-		case <-cctx.Done():
+		case <-ctx.Done():
 			break wait
 		}
 	}
-	for drain := true; drain && launched > 0; {
-		select {
-		case r := <-ch:
-			results[r.i], got[r.i] = r, true
-			launched--
-		default:
-			drain = false
-		}
-	}
-	if ctx.Err() != nil {
-		return false
+	// Results that arrived at the same moment as the deadline still count.
+	for ; pending > 0 && len(ch) > 0; pending-- {
+		r := <-ch
+		results[r.i], got[r.i] = r, true
 	}
 	for i := range launch {
 		if launch[i] && !got[i] {
 			results[i].err = fmt.Errorf("%w after %v", ErrTimeout, g.cfg.timeout)
 		}
 	}
-	return g.apply(results)
 }
 
 func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
@@ -649,70 +678,55 @@ func (g *Group[T]) runCheck(ctx context.Context, i int, ch chan<- result) {
 // apply records a round's results and reselects. It reports whether the
 // round made progress (see round).
 func (g *Group[T]) apply(results []result) bool {
+	verdicts := judge(results, g.cfg.maxLag)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return false
 	}
 	now := time.Now()
-	var ref uint64
-	lagOn := g.cfg.maxLag > 0
-	if lagOn {
-		var heads []uint64
-		for _, r := range results {
-			if r.err == nil {
-				heads = append(heads, r.h.Head)
-			}
-		}
-		ref = referenceHead(heads, g.cfg.maxLag, g.cfg.headQuorum)
-	}
 	progress := false
-	for _, r := range results {
-		err := r.err
-		if err == nil {
-			s := &g.st[r.i]
-			s.head = r.h.Head
-			s.lag = 0
-			if lagOn && ref > r.h.Head {
-				s.lag = ref - r.h.Head
-				if s.lag > g.cfg.maxLag {
-					err = fmt.Errorf("%w: head %d is %d behind reference head %d (max %d)",
-						ErrLagging, r.h.Head, s.lag, ref, g.cfg.maxLag)
-				}
-			}
+	for k, r := range results {
+		v := verdicts[k]
+		if r.err == nil {
+			g.st[r.i].head, g.st[r.i].lag = r.h.Head, v.lag
 		}
-		g.record(r.i, err, now)
-		progress = progress || err == nil || g.st[r.i].state == Healthy
+		g.record(r.i, v.err, now)
+		progress = progress || v.err == nil || g.st[r.i].state == Healthy
 	}
 	g.reselect(now, false)
 	return progress
 }
 
-// referenceHead returns the highest head h such that at least
-// min(quorum, len(heads)) heads are >= h-maxLag; 0 if heads is empty.
-func referenceHead(heads []uint64, maxLag uint64, quorum int) uint64 {
-	if len(heads) == 0 {
-		return 0
-	}
-	slices.Sort(heads)
-	slices.Reverse(heads)
-	q := min(quorum, len(heads))
-	for _, h := range heads {
-		floor := uint64(0)
-		if h > maxLag {
-			floor = h - maxLag
-		}
-		n := 0
-		for _, o := range heads {
-			if o >= floor {
-				n++
-			}
-		}
-		if n >= q {
-			return h
+// verdict is what a round's result means for its target.
+type verdict struct {
+	err error  // nil for a success within the lag limit
+	lag uint64 // how far the head is below the round's highest (0 when lag checking is off)
+}
+
+// judge decides each result of one round: a failed check keeps its error;
+// with maxLag > 0, a success more than maxLag below the highest head among
+// the round's successes becomes an ErrLagging failure. It is pure.
+func judge(results []result, maxLag uint64) []verdict {
+	var top uint64
+	for _, r := range results {
+		if r.err == nil {
+			top = max(top, r.h.Head)
 		}
 	}
-	return heads[len(heads)-1] // unreachable: the lowest head always has a quorum
+	out := make([]verdict, len(results))
+	for k, r := range results {
+		out[k].err = r.err
+		if r.err != nil || maxLag == 0 {
+			continue
+		}
+		out[k].lag = top - r.h.Head
+		if out[k].lag > maxLag {
+			out[k].err = fmt.Errorf("%w: head %d is %d behind head %d (max %d)",
+				ErrLagging, r.h.Head, out[k].lag, top, maxLag)
+		}
+	}
+	return out
 }
 
 // record applies one result to target i's counters. g.mu must be held.
@@ -746,64 +760,77 @@ func (g *Group[T]) eligible(i int) bool {
 // subscribers of a change. manual marks an operator action. g.mu must be
 // held.
 func (g *Group[T]) reselect(now time.Time, manual bool) {
-	next, reason := g.cur, Initial
-	switch {
-	case g.forced >= 0:
-		next, reason = g.forced, Manual
-	default:
-		best := -1
-		for i := range g.st {
-			if g.eligible(i) {
-				best = i
-				break
-			}
-		}
-		switch {
-		case best < 0 || best == g.cur:
-			// Nothing eligible: keep the last selection.
-		case g.cur < 0:
-			next, reason = best, Initial
-			if manual {
-				reason = Manual
-			}
-		case !g.eligible(g.cur):
-			next, reason = best, CurrentUnhealthy
-			if manual {
-				reason = Manual
-			}
-		case manual:
-			next, reason = best, Manual
-		case now.Sub(g.lastChange) >= g.cfg.minDwell:
-			next, reason = best, BetterAvailable
+	in := choice{
+		cur:       g.cur,
+		forced:    g.forced,
+		best:      -1,
+		manual:    manual,
+		dwellOver: now.Sub(g.lastChange) >= g.cfg.minDwell,
+	}
+	for i := range g.st {
+		if g.eligible(i) {
+			in.best = i
+			break
 		}
 	}
-	ok := false
-	if next >= 0 {
-		ok = g.st[next].state == Healthy && (next == g.forced || !g.st[next].drained)
-	}
+	in.curEligible = g.cur >= 0 && g.eligible(g.cur)
+	next, reason := decide(in)
+	ok := next >= 0 && g.st[next].state == Healthy && (next == g.forced || !g.st[next].drained)
 	v := uint64(next+1) << 1
 	if ok {
 		v |= 1
 	}
 	g.sel.Store(v)
-	if next == g.cur {
-		return
+	if next != g.cur {
+		g.announce(next, reason, now)
 	}
-	from := g.cur
-	g.cur = next
-	g.lastChange = now
+}
+
+// choice is what the selection rule looks at.
+type choice struct {
+	cur, forced int  // selected and forced index, -1 for none
+	best        int  // first eligible (healthy, not drained) index, -1 for none
+	curEligible bool // the selected target is eligible
+	manual      bool // an operator action triggered the decision
+	dwellOver   bool // MinDwell has passed since the last change
+}
+
+// decide returns the target to select and, if it differs from c.cur, why.
+// It is the selection rule of Group's doc, and pure.
+func decide(c choice) (next int, reason Reason) {
+	switch {
+	case c.forced >= 0:
+		return c.forced, Manual
+	case c.best < 0 || c.best == c.cur:
+		return c.cur, Initial // nothing better: stay
+	case c.manual:
+		return c.best, Manual
+	case c.cur < 0:
+		return c.best, Initial
+	case !c.curEligible:
+		return c.best, CurrentUnhealthy
+	case c.dwellOver:
+		return c.best, BetterAvailable
+	}
+	return c.cur, Initial // better available, but within MinDwell
+}
+
+// announce records a change of the selection to next and queues it for
+// every subscriber. g.mu must be held.
+func (g *Group[T]) announce(next int, reason Reason, now time.Time) {
 	g.seq++
 	c := Change[T]{
-		FromIndex: from,
+		FromIndex: g.cur,
 		ToIndex:   next,
 		To:        g.targets[next],
 		Reason:    reason,
 		Seq:       g.seq,
 		At:        now,
 	}
-	if from >= 0 {
-		c.From = g.targets[from]
+	if g.cur >= 0 {
+		c.From = g.targets[g.cur]
 	}
+	g.cur, g.lastChange, g.last = next, now, c
 	for s := range g.subs {
 		s.push(c)
 	}

@@ -126,6 +126,17 @@ func mustNew(t testing.TB, f *fake, opts ...Option) *Group[int] {
 	return g
 }
 
+// wantLatest receives the change a new subscriber gets first (the latest
+// one before it subscribed) and compares its indexes, reason and Seq.
+func wantLatest(t testing.TB, ch <-chan Change[int], want Change[int]) {
+	t.Helper()
+	c := <-ch
+	if c.FromIndex != want.FromIndex || c.ToIndex != want.ToIndex || c.To != want.ToIndex ||
+		c.Reason != want.Reason || c.Seq != want.Seq || c.Coalesced != 0 {
+		t.Fatalf("first change after Subscribe = %+v, want %+v", c, want)
+	}
+}
+
 func closeGroup(t testing.TB, g *Group[int]) {
 	t.Helper()
 	if err := g.Close(); err != nil {
@@ -161,27 +172,36 @@ func waitPick(t testing.TB, g *Group[int], want int, limit time.Duration) time.D
 
 func TestNewErrors(t *testing.T) {
 	check := func(context.Context, int) (Health, error) { return Health{}, nil }
-	if _, err := New(nil, check); !errors.Is(err, ErrNoTargets) {
-		t.Errorf("New(nil) error = %v, want ErrNoTargets", err)
+	if g, err := New(nil, check); !errors.Is(err, ErrNoTargets) || g != nil {
+		t.Errorf("New(nil) = %v, %v, want ErrNoTargets", g, err)
 	}
-	if _, err := New([]int{1}, nil); !errors.Is(err, ErrInvalidOption) {
-		t.Errorf("New(nil check) error = %v, want ErrInvalidOption", err)
+}
+
+// Impossible arguments are programming errors: New panics with the
+// package prefix, as the standard library does.
+func TestNewPanicsOnInvalidOptions(t *testing.T) {
+	check := func(context.Context, int) (Health, error) { return Health{}, nil }
+	bad := map[string]func(){
+		"nil check":        func() { _, _ = New([]int{1}, nil) },
+		"interval":         func() { _, _ = New([]int{1}, check, WithInterval(0)) },
+		"timeout":          func() { _, _ = New([]int{1}, check, WithTimeout(-1)) },
+		"timeout>interval": func() { _, _ = New([]int{1}, check, WithTimeout(time.Hour)) },
+		"rise":             func() { _, _ = New([]int{1}, check, WithRise(0)) },
+		"fall":             func() { _, _ = New([]int{1}, check, WithFall(0)) },
+		"dwell":            func() { _, _ = New([]int{1}, check, WithMinDwell(-1)) },
+		"backoff":          func() { _, _ = New([]int{1}, check, WithMaxBackoff(-1)) },
+		"buffer":           func() { _, _ = New([]int{1}, check, WithSubscriberBuffer(0)) },
 	}
-	bad := map[string]Option{
-		"interval":         WithInterval(0),
-		"timeout":          WithTimeout(-1),
-		"timeout>interval": WithTimeout(time.Hour),
-		"rise":             WithRise(0),
-		"fall":             WithFall(0),
-		"dwell":            WithMinDwell(-1),
-		"backoff":          WithMaxBackoff(-1),
-		"quorum":           WithHeadQuorum(0),
-		"buffer":           WithSubscriberBuffer(0),
-	}
-	for name, o := range bad {
-		if g, err := New([]int{1}, check, o); !errors.Is(err, ErrInvalidOption) || g != nil {
-			t.Errorf("%s: New error = %v, want ErrInvalidOption", name, err)
-		}
+	for name, f := range bad {
+		func() {
+			defer func() {
+				msg, _ := recover().(string)
+				if !strings.HasPrefix(msg, "failover: ") {
+					t.Errorf("%s: panic %q, want one starting with \"failover: \"", name, msg)
+				}
+			}()
+			f()
+		}()
 	}
 }
 
@@ -263,6 +283,7 @@ func TestIssue5_FailsBackToPrimaryAfterRecovery(t *testing.T) {
 		wantPick(t, g, 0, true)
 		changes, cancel := g.Subscribe()
 		defer cancel()
+		wantLatest(t, changes, Change[int]{FromIndex: -1, ToIndex: 0, Reason: Initial, Seq: 1})
 		f.set(0, down)
 		waitPick(t, g, 1, 5*time.Second)
 		if c := <-changes; c.FromIndex != 0 || c.ToIndex != 1 || c.Reason != CurrentUnhealthy {
@@ -616,13 +637,22 @@ func TestReportFailure(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantPick(t, g, 1, true)
-		// Connection refused demotes at once.
-		err := fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
-		if err := g.ReportFailure(1, err); err != nil {
+		// A refused connection is one failure like any other: the group
+		// does not guess policies from errors.
+		refused := fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
+		if err := g.ReportFailure(1, refused); err != nil {
+			t.Fatal(err)
+		}
+		wantPick(t, g, 1, true)
+		if s := g.Status()[1]; s.State != Healthy || s.Failures != 1 {
+			t.Fatalf("target 1 after one refused request: %+v", s)
+		}
+		// The caller says it is down: demoted at once.
+		if err := g.ReportFailure(1, Down(refused)); err != nil {
 			t.Fatal(err)
 		}
 		wantPick(t, g, 2, true)
-		if s := g.Status()[1]; s.State != Unhealthy || !errors.Is(s.LastErr, syscall.ECONNREFUSED) {
+		if s := g.Status()[1]; s.State != Unhealthy || !errors.Is(s.LastErr, syscall.ECONNREFUSED) || !errors.Is(s.LastErr, ErrTargetDown) {
 			t.Fatalf("target 1 status %+v", s)
 		}
 		if err := g.ReportFailure(2, fmt.Errorf("eof: %w", ErrTargetDown)); err != nil {
@@ -722,64 +752,76 @@ func TestLagMarksBehindTargetUnhealthy(t *testing.T) {
 	})
 }
 
-func TestAbsurdHeadDoesNotLagOthers(t *testing.T) {
+// The proxy's most common deployment is two upstreams. A primary 50 blocks
+// behind its backup kept serving with a lag of 0, because a reference head
+// needed two targets that agree and two that disagree never formed one.
+func TestIncident_TwoTargetsThatDisagreeNeverLagged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(2)
+		f.setHead(0, 1000) // the primary is stuck
+		f.setHead(1, 1050)
+		g := mustNew(t, f, WithMaxLag(10))
+		synctest.Wait()
+		wantPick(t, g, 1, true)
+		st := g.Status()
+		if st[0].State != Unhealthy || st[0].Lag != 50 || !errors.Is(st[0].LastErr, ErrLagging) {
+			t.Fatalf("primary 50 behind: %+v", st[0])
+		}
+		if st[1].State != Healthy || st[1].Lag != 0 {
+			t.Fatalf("backup ahead: %+v", st[1])
+		}
+		closeGroup(t, g)
+	})
+}
+
+// The highest head is trusted; a check that can tell a head is absurd
+// rejects it, and the others are then judged without it.
+func TestCheckThatRejectsAbsurdHeadKeepsOthersHealthy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(3)
 		f.setHead(0, 1000)
 		f.setHead(1, 1002)
 		f.setHead(2, 1<<62) // a broken node far above everyone
-		g := mustNew(t, f, WithMaxLag(10))
+		errAbsurd := errors.New("head beyond the chain's clock")
+		check := func(ctx context.Context, i int) (Health, error) {
+			h, err := f.check(ctx, i)
+			if err == nil && h.Head > 1<<40 {
+				return Health{}, errAbsurd
+			}
+			return h, err
+		}
+		g, err := New(targets(3), check, WithMaxLag(10))
+		if err != nil {
+			t.Fatal(err)
+		}
 		synctest.Wait()
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		wantPick(t, g, 0, true)
-		for _, s := range g.Status()[:2] {
+		st := g.Status()
+		for _, s := range st[:2] {
 			if s.State != Healthy || s.Lag > 2 {
 				t.Fatalf("target judged against the absurd head: %+v", s)
 			}
+		}
+		if st[2].State != Unhealthy || !errors.Is(st[2].LastErr, errAbsurd) {
+			t.Fatalf("absurd target: %+v", st[2])
 		}
 		closeGroup(t, g)
 	})
 }
 
-func TestHeadQuorumOneTrustsHighest(t *testing.T) {
+func TestHighestHeadIsTrusted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(3)
 		f.setHead(0, 1000)
 		f.setHead(1, 1002)
 		f.setHead(2, 1<<62)
-		g := mustNew(t, f, WithMaxLag(10), WithHeadQuorum(1))
+		g := mustNew(t, f, WithMaxLag(10))
 		synctest.Wait()
 		wantPick(t, g, 2, true)
 		closeGroup(t, g)
 	})
-}
-
-func TestReferenceHead(t *testing.T) {
-	cases := []struct {
-		heads  []uint64
-		maxLag uint64
-		quorum int
-		want   uint64
-	}{
-		{nil, 10, 2, 0},
-		{[]uint64{7}, 10, 2, 7},
-		{[]uint64{100, 200}, 10, 2, 100}, // two disagree: nobody lags
-		{[]uint64{100, 105}, 10, 2, 105},
-		{[]uint64{100, 200}, 10, 1, 200},
-		{[]uint64{100, 200, 201}, 10, 2, 201},
-		{[]uint64{1 << 62, 200, 201}, 10, 2, 201},
-		{[]uint64{1 << 62, 1<<62 - 3, 201}, 10, 2, 1 << 62}, // corroborated
-		{[]uint64{5, 3, 1}, 10, 3, 5},                       // small heads: no underflow
-		{[]uint64{300, 200, 100}, 10, 3, 100},
-		{[]uint64{300, 290, 200, 100}, 10, 3, 200},
-		{[]uint64{100, 105}, 10, 3, 105}, // quorum capped at the reporters
-	}
-	for _, c := range cases {
-		if got := referenceHead(append([]uint64(nil), c.heads...), c.maxLag, c.quorum); got != c.want {
-			t.Errorf("referenceHead(%v, %d, %d) = %d, want %d", c.heads, c.maxLag, c.quorum, got, c.want)
-		}
-	}
 }
 
 func TestSubscribersInOrder(t *testing.T) {
@@ -790,6 +832,9 @@ func TestSubscribersInOrder(t *testing.T) {
 		a, cancelA := g.Subscribe()
 		b, cancelB := g.Subscribe()
 		defer cancelB()
+		initial := Change[int]{FromIndex: -1, ToIndex: 0, Reason: Initial, Seq: 1}
+		wantLatest(t, a, initial)
+		wantLatest(t, b, initial)
 		const n = 200
 		for k := range n {
 			if err := g.Force((k + 1) % 4); err != nil {
@@ -831,6 +876,9 @@ func TestSlowSubscriberCoalesces(t *testing.T) {
 		defer cancelSlow()
 		fast, cancelFast := g.Subscribe()
 		defer cancelFast()
+		initial := Change[int]{FromIndex: -1, ToIndex: 0, Reason: Initial, Seq: 1}
+		wantLatest(t, slowCh, initial)
+		wantLatest(t, fast, initial)
 		var fastGot []Change[int]
 		done := make(chan struct{})
 		go func() {
@@ -1112,5 +1160,45 @@ func TestConcurrentCloseWaitsForTheFirst(t *testing.T) {
 		for range changes { // closed by Close: the loop ends
 		}
 		f.release()
+	})
+}
+
+// New starts checking at once, and changes used not to be replayed, so a
+// subscriber added right after New could miss the first change and never
+// learn the selection. A new subscriber now gets the latest change first,
+// exactly once, and every later change after it.
+func TestIncident_SubscriberAfterNewMissedTheFirstChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(2)
+		g := mustNew(t, f, WithRise(1), WithFall(1))
+		early, cancelEarly := g.Subscribe() // before the first round ran
+		defer cancelEarly()
+		synctest.Wait() // the first round made the Initial change
+		late, cancelLate := g.Subscribe()
+		defer cancelLate()
+		initial := Change[int]{FromIndex: -1, ToIndex: 0, Reason: Initial, Seq: 1}
+		wantLatest(t, early, initial)
+		wantLatest(t, late, initial)
+
+		f.set(0, down)
+		time.Sleep(DefaultInterval)
+		synctest.Wait()
+		wantPick(t, g, 1, true)
+		failover := Change[int]{FromIndex: 0, ToIndex: 1, Reason: CurrentUnhealthy, Seq: 2}
+		wantLatest(t, early, failover)
+		wantLatest(t, late, failover)
+		// A subscriber after two changes gets only the latest.
+		last, cancelLast := g.Subscribe()
+		defer cancelLast()
+		wantLatest(t, last, failover)
+		synctest.Wait()
+		for name, ch := range map[string]<-chan Change[int]{"early": early, "late": late, "last": last} {
+			select {
+			case c := <-ch:
+				t.Fatalf("%s subscriber got an extra change %+v", name, c)
+			default:
+			}
+		}
+		closeGroup(t, g)
 	})
 }

@@ -12,104 +12,101 @@ import (
 	"pgregory.net/rapid"
 )
 
-// model is a plain restatement of the group's documented rules, driven by
-// the same sequence of check results, passive reports and operator actions.
+// model is the Group's documented behaviour in its plainest form, written
+// from the docs rather than from the implementation: per target a state and
+// two consecutive counts; a selection that moves to its goal (the forced
+// target, or else the first eligible one) when the docs allow it.
 type model struct {
 	rise, fall int
 	dwell      time.Duration
+	maxLag     uint64
 	state      []State
-	succ, fail []int
+	succ, fail []int // consecutive successes and failures (one of them is 0)
 	drained    []bool
+	lag        []uint64 // lag recorded by the last successful check
 	up         []bool   // result of the next checks
 	heads      []uint64 // head reported by the next successful checks
-	maxLag     uint64
-	quorum     int
-	lag        []uint64 // lag recorded by the last successful check
-	cur        int
-	forced     int
+	cur        int      // -1 before the first selection
+	forced     int      // -1 when not forced
 	now        time.Duration
 	lastChange time.Duration
-	changes    []Change[int] // changes subscribers must still receive (From/To, Reason, At as offset)
+	changes    []Change[int] // changes subscribers must still receive (At as an offset from start)
 }
 
-func (m *model) record(i int, ok bool) {
+// result records one check result or failure report: the first result
+// decides an Unknown target, Rise successes in a row make it Healthy, Fall
+// failures in a row make it Unhealthy.
+func (m *model) result(i int, ok bool) {
 	if ok {
-		m.succ[i]++
-		m.fail[i] = 0
-		if m.state[i] == Unknown || (m.state[i] == Unhealthy && m.succ[i] >= m.rise) {
-			m.state[i] = Healthy
-		}
-		return
+		m.succ[i], m.fail[i] = m.succ[i]+1, 0
+	} else {
+		m.succ[i], m.fail[i] = 0, m.fail[i]+1
 	}
-	m.fail[i]++
-	m.succ[i] = 0
-	if m.state[i] == Unknown || (m.state[i] == Healthy && m.fail[i] >= m.fall) {
+	switch {
+	case m.state[i] == Unknown && ok, m.succ[i] >= m.rise:
+		m.state[i] = Healthy
+	case m.state[i] == Unknown, m.fail[i] >= m.fall:
 		m.state[i] = Unhealthy
 	}
 }
 
-// round applies one round of checks: the reference head is the highest
-// successful head with at least min(quorum, successes) successful heads
-// within maxLag below it; a success lagging more than maxLag is a failure.
+// down is ReportFailure(i, Down(err)): unhealthy at once, with at least
+// Fall failures counted.
+func (m *model) down(i int) {
+	m.succ[i], m.fail[i] = 0, max(m.fail[i]+1, m.fall)
+	m.state[i] = Unhealthy
+}
+
+// round is one round of checks: with lag checking, a success more than
+// maxLag below the highest successful head of the round is a failure.
 func (m *model) round() {
-	var ok []uint64
+	var top uint64
 	for i := range m.up {
 		if m.up[i] {
-			ok = append(ok, m.heads[i])
-		}
-	}
-	var ref uint64
-	for _, h := range ok {
-		agree := 0
-		for _, o := range ok {
-			if o+m.maxLag >= h {
-				agree++
-			}
-		}
-		if agree >= min(m.quorum, len(ok)) && h > ref {
-			ref = h
+			top = max(top, m.heads[i])
 		}
 	}
 	for i := range m.up {
-		if m.up[i] && m.maxLag > 0 {
-			m.lag[i] = max(ref, m.heads[i]) - m.heads[i]
+		ok := m.up[i]
+		if ok && m.maxLag > 0 {
+			m.lag[i] = top - m.heads[i]
+			ok = m.lag[i] <= m.maxLag
 		}
-		m.record(i, m.up[i] && (m.maxLag == 0 || m.heads[i]+m.maxLag >= ref))
+		m.result(i, ok)
 	}
-	m.reselect(false)
+	m.settle(false)
 }
 
 func (m *model) eligible(i int) bool { return m.state[i] == Healthy && !m.drained[i] }
 
-func (m *model) reselect(manual bool) {
-	next, reason := m.cur, Initial
-	if m.forced >= 0 {
-		next, reason = m.forced, Manual
-	} else {
-		best := -1
-		for i := range m.state {
-			if m.eligible(i) {
-				best = i
-				break
-			}
-		}
-		if best >= 0 && best != m.cur {
-			switch {
-			case manual:
-				next, reason = best, Manual
-			case m.cur < 0:
-				next, reason = best, Initial
-			case !m.eligible(m.cur):
-				next, reason = best, CurrentUnhealthy
-			case m.now-m.lastChange >= m.dwell:
-				next, reason = best, BetterAvailable
-			}
+// settle moves the selection to its goal when the docs allow it: always
+// when forced, on an operator action, for the first selection, or away
+// from an ineligible target; for failback only once MinDwell has passed.
+func (m *model) settle(manual bool) {
+	goal := m.forced
+	for i := range m.state {
+		if goal < 0 && m.eligible(i) {
+			goal = i
 		}
 	}
-	if next != m.cur {
-		m.changes = append(m.changes, Change[int]{From: max(m.cur, 0), To: next, FromIndex: m.cur, ToIndex: next, Reason: reason, At: time.Time{}.Add(m.now)})
-		m.cur, m.lastChange = next, m.now
+	if goal < 0 || goal == m.cur {
+		return
 	}
+	curOK := m.cur >= 0 && m.eligible(m.cur)
+	if curOK && !manual && m.forced < 0 && m.now-m.lastChange < m.dwell {
+		return
+	}
+	reason := BetterAvailable
+	switch {
+	case manual || m.forced >= 0:
+		reason = Manual
+	case m.cur < 0:
+		reason = Initial
+	case !curOK:
+		reason = CurrentUnhealthy
+	}
+	m.changes = append(m.changes, Change[int]{From: max(m.cur, 0), To: goal, FromIndex: m.cur, ToIndex: goal, Reason: reason, At: time.Time{}.Add(m.now)})
+	m.cur, m.lastChange = goal, m.now
 }
 
 // pick is what Pick must return.
@@ -117,8 +114,7 @@ func (m *model) pick() (int, bool) {
 	if m.cur < 0 {
 		return 0, false
 	}
-	ok := m.state[m.cur] == Healthy && (m.cur == m.forced || !m.drained[m.cur])
-	return m.cur, ok
+	return m.cur, m.state[m.cur] == Healthy && (m.cur == m.forced || !m.drained[m.cur])
 }
 
 func TestModel(t *testing.T) {
@@ -138,7 +134,6 @@ func TestModel(t *testing.T) {
 				heads:   make([]uint64, n),
 				lag:     make([]uint64, n),
 				maxLag:  uint64(rapid.IntRange(0, 3).Draw(rt, "maxLag")),
-				quorum:  rapid.IntRange(1, 3).Draw(rt, "quorum"),
 				cur:     -1,
 				forced:  -1,
 			}
@@ -152,7 +147,7 @@ func TestModel(t *testing.T) {
 			g, err := New(targets(n), f.check,
 				WithInterval(interval), WithTimeout(interval/2),
 				WithRise(m.rise), WithFall(m.fall), WithMinDwell(m.dwell),
-				WithMaxLag(m.maxLag), WithHeadQuorum(m.quorum),
+				WithMaxLag(m.maxLag),
 				WithMaxBackoff(0)) // rounds stay on the interval
 			if err != nil {
 				rt.Fatal(err)
@@ -165,11 +160,13 @@ func TestModel(t *testing.T) {
 			synctest.Wait() // round 0
 			m.round()
 			start := time.Now()
-			// Subscribe after round 0 (whose Initial change may already be
-			// gone); every later change must reach the subscriber, in order.
+			// Subscribe after round 0: the subscriber first gets the latest
+			// change so far, then every later change, in order.
 			changes, cancel := g.Subscribe()
 			defer cancel()
-			m.changes = nil
+			if n := len(m.changes); n > 1 {
+				m.changes = m.changes[n-1:]
+			}
 			var lastSeq uint64
 
 			idx := rapid.IntRange(0, n-1)
@@ -199,18 +196,17 @@ func TestModel(t *testing.T) {
 					i, refused := idx.Draw(rt, "i"), rapid.Bool().Draw(rt, "refused")
 					err := errors.New("request failed")
 					if refused {
-						err = fmt.Errorf("dial: %w", syscall.ECONNREFUSED)
+						err = Down(fmt.Errorf("dial: %w", syscall.ECONNREFUSED))
 					}
 					if err := g.ReportFailure(i, err); err != nil {
 						rt.Fatal(err)
 					}
 					if refused {
-						m.succ[i], m.fail[i] = 0, max(m.fail[i]+1, m.fall)
-						m.state[i] = Unhealthy
+						m.down(i)
 					} else {
-						m.record(i, false)
+						m.result(i, false)
 					}
-					m.reselect(false)
+					m.settle(false)
 				},
 				"drain": func(rt *rapid.T) {
 					i := idx.Draw(rt, "i")
@@ -218,7 +214,7 @@ func TestModel(t *testing.T) {
 						rt.Fatal(err)
 					}
 					m.drained[i] = true
-					m.reselect(true)
+					m.settle(true)
 				},
 				"undrain": func(rt *rapid.T) {
 					i := idx.Draw(rt, "i")
@@ -226,7 +222,7 @@ func TestModel(t *testing.T) {
 						rt.Fatal(err)
 					}
 					m.drained[i] = false
-					m.reselect(true)
+					m.settle(true)
 				},
 				"force": func(rt *rapid.T) {
 					i := idx.Draw(rt, "i")
@@ -234,14 +230,14 @@ func TestModel(t *testing.T) {
 						rt.Fatal(err)
 					}
 					m.forced = i
-					m.reselect(true)
+					m.settle(true)
 				},
 				"unforce": func(rt *rapid.T) {
 					if err := g.Unforce(); err != nil {
 						rt.Fatal(err)
 					}
 					m.forced = -1
-					m.reselect(true)
+					m.settle(true)
 				},
 				"": func(rt *rapid.T) {
 					if d := time.Since(start); d != m.now {

@@ -17,7 +17,6 @@ const (
 	DefaultFall       = 3                      // see WithFall
 	DefaultMinDwell   = 0                      // see WithMinDwell
 	DefaultMaxBackoff = 4 * time.Second        // see WithMaxBackoff
-	DefaultHeadQuorum = 2                      // see WithHeadQuorum
 	// DefaultSubscriberBuffer is the number of undelivered changes a
 	// subscriber may have pending before the newest ones are coalesced.
 	DefaultSubscriberBuffer = 64
@@ -31,9 +30,7 @@ type config struct {
 	minDwell   time.Duration
 	maxBackoff time.Duration
 	maxLag     uint64
-	headQuorum int
 	subBuffer  int
-	err        error
 }
 
 func defaultConfig() config {
@@ -44,18 +41,20 @@ func defaultConfig() config {
 		fall:       DefaultFall,
 		minDwell:   DefaultMinDwell,
 		maxBackoff: DefaultMaxBackoff,
-		headQuorum: DefaultHeadQuorum,
 		subBuffer:  DefaultSubscriberBuffer,
 	}
 }
 
-func (c *config) fail(format string, args ...any) {
-	if c.err == nil {
-		c.err = fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...)
-	}
+// invalid reports an impossible option value. Like the standard library
+// for impossible arguments, it panics: the value is a programming error, and
+// New would otherwise start a group that cannot keep its guarantees.
+func invalid(format string, args ...any) {
+	panic(fmt.Sprintf("failover: "+format, args...))
 }
 
-// An Option configures a Group. Options are applied in order by New.
+// An Option configures a Group. Options are applied in order by New; an
+// out-of-range value makes New panic with a message that starts with
+// "failover: ".
 type Option interface {
 	apply(*config)
 }
@@ -69,8 +68,7 @@ func (f optionFunc) apply(c *config) { f(c) }
 func WithInterval(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d <= 0 {
-			c.fail("interval %v must be positive", d)
-			return
+			invalid("interval %v must be positive", d)
 		}
 		c.interval = d
 	})
@@ -82,8 +80,7 @@ func WithInterval(d time.Duration) Option {
 func WithTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d <= 0 {
-			c.fail("timeout %v must be positive", d)
-			return
+			invalid("timeout %v must be positive", d)
 		}
 		c.timeout = d
 	})
@@ -94,8 +91,7 @@ func WithTimeout(d time.Duration) Option {
 func WithRise(n int) Option {
 	return optionFunc(func(c *config) {
 		if n < 1 {
-			c.fail("rise %d must be at least 1", n)
-			return
+			invalid("rise %d must be at least 1", n)
 		}
 		c.rise = n
 	})
@@ -107,8 +103,7 @@ func WithRise(n int) Option {
 func WithFall(n int) Option {
 	return optionFunc(func(c *config) {
 		if n < 1 {
-			c.fail("fall %d must be at least 1", n)
-			return
+			invalid("fall %d must be at least 1", n)
 		}
 		c.fall = n
 	})
@@ -122,8 +117,7 @@ func WithFall(n int) Option {
 func WithMinDwell(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d < 0 {
-			c.fail("min dwell %v must not be negative", d)
-			return
+			invalid("min dwell %v must not be negative", d)
 		}
 		c.minDwell = d
 	})
@@ -138,34 +132,18 @@ func WithMinDwell(d time.Duration) Option {
 func WithMaxBackoff(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d < 0 {
-			c.fail("max backoff %v must not be negative", d)
-			return
+			invalid("max backoff %v must not be negative", d)
 		}
 		c.maxBackoff = d
 	})
 }
 
 // WithMaxLag turns on lag checking: a successful check whose Health.Head is
-// more than n below the round's reference head counts as a failure (with an
-// error wrapping ErrLagging). See Group for how the reference head is chosen.
-// n = 0 (the default) disables lag checking.
+// more than n below the highest head reported in the same round counts as a
+// failure (with an error wrapping ErrLagging). n = 0 (the default) disables
+// lag checking. See Group for why the highest head is trusted.
 func WithMaxLag(n uint64) Option {
 	return optionFunc(func(c *config) { c.maxLag = n })
-}
-
-// WithHeadQuorum sets how many targets must agree (report heads within the
-// maximum lag of each other) before a head can become the reference head
-// (default DefaultHeadQuorum, at least 1). With 1, the highest head reported
-// is always the reference, and a single target reporting an absurd head makes
-// every other target lag.
-func WithHeadQuorum(q int) Option {
-	return optionFunc(func(c *config) {
-		if q < 1 {
-			c.fail("head quorum %d must be at least 1", q)
-			return
-		}
-		c.headQuorum = q
-	})
 }
 
 // WithSubscriberBuffer sets how many undelivered changes each subscriber may
@@ -176,8 +154,7 @@ func WithHeadQuorum(q int) Option {
 func WithSubscriberBuffer(n int) Option {
 	return optionFunc(func(c *config) {
 		if n < 1 {
-			c.fail("subscriber buffer %d must be at least 1", n)
-			return
+			invalid("subscriber buffer %d must be at least 1", n)
 		}
 		c.subBuffer = n
 	})

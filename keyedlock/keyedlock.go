@@ -78,6 +78,9 @@ type shard[K comparable] struct {
 	canceled  uint64        // queued Lock calls whose context ended; guarded by mu
 	waited    time.Duration // total queued time, saturating; guarded by mu
 	waiting   int           // goroutines queued in this shard; guarded by mu
+	// cancelable lists the queued waiters whose context can end, so that
+	// Stats can settle the ones whose context has ended. Guarded by mu.
+	cancelable *waiter
 
 	// Keep neighbouring shards off each other's cache lines, so that two
 	// cores working on keys in adjacent shards do not slow each other down
@@ -108,16 +111,36 @@ type queue struct {
 // tied to the shard mutex rather than on a channel: a recycled channel
 // would stay associated with the testing/synctest bubble it was created
 // in, while a Cond works in and out of bubbles and counts as durably
-// blocked inside one.
+// blocked inside one. All fields are guarded by the shard mutex.
 type waiter struct {
 	cond       sync.Cond // cond.L is the shard mutex
-	prev, next *waiter
+	prev, next *waiter   // neighbours in q
+	q          *queue    // the key's queue, while w is in it
+	// done is the Lock call's ctx.Done(), nil for a context that never
+	// ends. Whoever holds the shard mutex and sees it closed settles the
+	// waiter as canceled (see shard.cancel), so an ended context wins over
+	// a hand-off that comes after it, and Status never counts it.
+	done <-chan struct{}
+	// sprev and snext link the shard's cancelable list (when done != nil).
+	sprev, snext *waiter
 	// granted is set when Unlock pops the waiter and hands it the key;
-	// canceled when the context watcher removes it from the queue first.
-	// Both happen under the shard mutex, and a waiter that has left the
-	// queue can no longer be popped, so at most one of them is ever set.
-	// Both guarded by the shard mutex.
+	// canceled when the waiter leaves the queue because its context ended.
+	// A waiter that has left the queue can no longer be popped, so at most
+	// one of them is ever set.
 	granted, canceled bool
+}
+
+// ended reports whether w's context has ended.
+func (w *waiter) ended() bool {
+	if w.done == nil {
+		return false
+	}
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Waiters and queues are recycled so that steady-state locking allocates
@@ -224,35 +247,26 @@ func (m *Map[K]) Lock(ctx context.Context, key K) error {
 	}
 	w := waiterPool.Get().(*waiter)
 	w.cond.L = &s.mu
-	q.push(w)
-	s.waiting++
+	w.done = ctx.Done()
+	s.join(q, w)
 	s.contended++
-	return m.wait(ctx, t, s, key, q, w) // unlocks s.mu
+	return m.wait(ctx, t, s, key, w) // unlocks s.mu
 }
 
 // wait blocks until w is handed the key or ctx ends. It is the slow path
 // of Lock, entered with s.mu held and w queued; it returns with s.mu
 // released.
-func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, q *queue, w *waiter) error {
+func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, w *waiter) error {
 	start := time.Now()
 	var stop func() bool
-	if ctx.Done() != nil {
+	if w.done != nil {
 		// Only contexts that can end need a watcher; context.Background
-		// (and friends) wait allocation-free.
+		// (and friends) wait allocation-free. The watcher wakes w if
+		// nobody else (Unlock, Status, Stats) has settled it first.
 		stop = context.AfterFunc(ctx, func() {
 			s.mu.Lock()
-			if !w.granted {
-				// Leave the queue here, under the mutex that Unlock
-				// holds to pick the next owner: from now on no Unlock
-				// can hand the key to this waiter, and Status stops
-				// counting it at once. The queue is a doubly linked
-				// list, so only w's neighbours change and the order of
-				// the others is kept.
-				q.remove(w)
-				s.waiting--
-				s.canceled++
-				w.canceled = true
-				w.cond.Signal()
+			if !w.granted && !w.canceled {
+				s.cancel(w)
 			}
 			s.mu.Unlock()
 		})
@@ -268,7 +282,7 @@ func (m *Map[K]) wait(ctx context.Context, t *table[K], s *shard[K], key K, q *q
 	// If the watcher already ran (or is running) it may still touch w, so
 	// w is recycled only if the watcher was stopped before it started.
 	if stop == nil || stop() {
-		w.granted, w.canceled, w.cond.L = false, false, nil
+		*w = waiter{}
 		waiterPool.Put(w)
 	}
 	if !granted {
@@ -373,12 +387,13 @@ type Status struct {
 }
 
 // Status returns a snapshot of key's state, for example to show a
-// "waiting" indicator. It takes the shard mutex only briefly and never
-// waits for the key itself, so it cannot delay or reorder lockers; the
-// state may of course change as soon as it returns. A waiter whose
-// context has ended is no longer counted, even if its goroutine has not
-// yet run. Status never fails: a key that is not in use reports the zero
-// Status.
+// "waiting" indicator. It takes the shard mutex only briefly (for as long
+// as it takes to look at each waiter of key) and never waits for the key
+// itself, so it cannot delay or reorder lockers; the state may of course
+// change as soon as it returns. A waiter whose context has ended is no
+// longer counted, even if its goroutine has not yet run: once cancel has
+// returned, Status does not count the waiter. Status never fails: a key
+// that is not in use reports the zero Status.
 func (m *Map[K]) Status(key K) Status {
 	if m.table.Load() == nil {
 		return Status{} // never used: avoid allocating the shards
@@ -388,6 +403,13 @@ func (m *Map[K]) Status(key K) Status {
 	_, q, held := s.find(tag, key)
 	st := Status{Held: held}
 	if q != nil {
+		for w := q.head; w != nil; {
+			next := w.next
+			if w.ended() {
+				s.cancel(w)
+			}
+			w = next
+		}
 		st.Waiters = q.n
 	}
 	s.mu.Unlock()
@@ -411,7 +433,10 @@ type Stats struct {
 // mutex briefly, one after another, and never waits for a key, so
 // under concurrent use the result is not an atomic snapshot, but each
 // counter includes every operation that completed before Stats was called.
-// A queued Lock call's wait is added to WaitTime when it stops waiting.
+// As for Status, a queued Lock call whose context has ended counts as
+// Canceled, not as one of the Waiters, even if its goroutine has not yet
+// run. A queued Lock call's wait is added to WaitTime when its goroutine
+// stops waiting.
 func (m *Map[K]) Stats() Stats {
 	var st Stats
 	t := m.table.Load()
@@ -421,6 +446,13 @@ func (m *Map[K]) Stats() Stats {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
+		for w := s.cancelable; w != nil; {
+			next := w.snext
+			if w.ended() {
+				s.cancel(w)
+			}
+			w = next
+		}
 		st.Acquires += s.acquires
 		st.Contended += s.contended
 		st.Canceled += s.canceled
@@ -485,8 +517,12 @@ func (s *shard[K]) setQueue(i int, key K, q *queue) {
 // s.mu must be held.
 func (s *shard[K]) release(i int, key K, q *queue) {
 	if q != nil {
-		if w := q.pop(); w != nil {
-			s.waiting--
+		for w := q.head; w != nil; w = q.head {
+			if w.ended() {
+				s.cancel(w) // its context ended before this Unlock
+				continue
+			}
+			s.leave(w)
 			s.acquires++
 			w.granted = true
 			w.cond.Signal()
@@ -526,6 +562,51 @@ func (s *shard[K]) shrink() {
 	}
 }
 
+// join queues w, whose done is set, at the back of q. s.mu must be held.
+func (s *shard[K]) join(q *queue, w *waiter) {
+	q.push(w)
+	w.q = q
+	s.waiting++
+	if w.done != nil {
+		w.snext = s.cancelable
+		if w.snext != nil {
+			w.snext.sprev = w
+		}
+		s.cancelable = w
+	}
+}
+
+// leave takes w out of its queue and out of the cancelable list. The queue
+// is doubly linked, so only w's neighbours change and the order of the
+// others is kept. s.mu must be held.
+func (s *shard[K]) leave(w *waiter) {
+	w.q.remove(w)
+	w.q = nil
+	s.waiting--
+	if w.done == nil {
+		return
+	}
+	if w.sprev == nil {
+		s.cancelable = w.snext
+	} else {
+		w.sprev.snext = w.snext
+	}
+	if w.snext != nil {
+		w.snext.sprev = w.sprev
+	}
+	w.sprev, w.snext = nil, nil
+}
+
+// cancel settles queued waiter w as canceled and wakes it: it leaves the
+// queue under the mutex that Unlock holds to pick the next owner, so from
+// now on no Unlock can hand it the key. s.mu must be held.
+func (s *shard[K]) cancel(w *waiter) {
+	s.leave(w)
+	s.canceled++
+	w.canceled = true
+	w.cond.Signal()
+}
+
 func (q *queue) push(w *waiter) {
 	w.prev, w.next = q.tail, nil
 	if q.tail == nil {
@@ -535,15 +616,6 @@ func (q *queue) push(w *waiter) {
 	}
 	q.tail = w
 	q.n++
-}
-
-// pop removes and returns the oldest waiter, or nil.
-func (q *queue) pop() *waiter {
-	w := q.head
-	if w != nil {
-		q.remove(w)
-	}
-	return w
 }
 
 func (q *queue) remove(w *waiter) {

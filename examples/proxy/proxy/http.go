@@ -232,7 +232,7 @@ func (p *Proxy) forward(ctx context.Context, payload []byte, safe bool, methods 
 	if ctx.Err() != nil || (!isConnError(err) && !errors.Is(err, errUpstreamStatus)) {
 		return reply{}, u, err // the client gave up, or the reply was unusable: not the upstream's fault
 	}
-	_ = p.group.ReportFailure(i, err)
+	p.reportFailure(i, err)
 	p.log.Warn("upstream request failed", "upstream", u.Name, "err", err, "retry", safe)
 	if !safe {
 		return reply{}, u, err
@@ -248,7 +248,7 @@ func (p *Proxy) forward(ctx context.Context, payload []byte, safe bool, methods 
 	rep, err = p.post(ctx, u, payload)
 	if err != nil {
 		if ctx.Err() == nil && isConnError(err) {
-			_ = p.group.ReportFailure(j, err)
+			p.reportFailure(j, err)
 		}
 		return reply{}, u, err
 	}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
 	"github.com/steadfast-go/steadfast/failover"
+	"github.com/steadfast-go/steadfast/internal/neterr"
 )
 
 // Defaults for Config fields left zero.
@@ -451,6 +452,16 @@ func (p *Proxy) Close() error {
 	p.wg.Wait()
 	p.client.CloseIdleConnections()
 	return err
+}
+
+// reportFailure counts a failed request against upstream i. A refused dial
+// proves that nothing listens there, so the upstream is demoted at once
+// rather than after -fall failures.
+func (p *Proxy) reportFailure(i int, err error) {
+	if neterr.IsRefused(err) {
+		err = failover.Down(err)
+	}
+	_ = p.group.ReportFailure(i, err)
 }
 
 // isConnError reports whether err means the upstream could not be reached

@@ -966,7 +966,7 @@ func (s *session) onLost(x *upConn) {
 		return // closed by us
 	}
 	s.log.Warn("upstream connection lost", "upstream", x.u.Name, "err", x.lostErr)
-	_ = s.p.group.ReportFailure(x.u.index, x.lostErr)
+	s.p.reportFailure(x.u.index, x.lostErr)
 	s.detach(x, x.lostErr)
 	if isCur {
 		s.p.m.wsSwitches.WithLabelValues("upstream_lost").Inc()
@@ -1013,7 +1013,7 @@ func (s *session) connectBest(skip int) bool {
 		if err != nil {
 			s.log.Debug("upstream dial failed", "upstream", s.p.ups[i].Name, "err", err)
 			if isConnError(err) {
-				_ = s.p.group.ReportFailure(i, err)
+				s.p.reportFailure(i, err)
 			}
 			continue
 		}
@@ -1114,7 +1114,7 @@ func (s *session) makeBeforeBreak(want int) bool {
 	if err != nil {
 		s.log.Debug("failback dial failed", "upstream", s.p.ups[want].Name, "err", err)
 		if isConnError(err) {
-			_ = s.p.group.ReportFailure(want, err)
+			s.p.reportFailure(want, err)
 		}
 		return false
 	}
