@@ -23,7 +23,7 @@ func appendN(t *testing.T, l *eventlog.Log, stream string, n int) {
 	}
 }
 
-// TestRegressionGlobalSeqOvercount: the origin numbered every session's
+// TestIncident_GlobalSeqOvercountedGap: the origin numbered every session's
 // events from one global sequence, so head - cursor for one session counted
 // the other sessions' events too and far-behind detection misfired.
 func TestIncident_GlobalSeqOvercountedGap(t *testing.T) {
@@ -53,7 +53,7 @@ func TestIncident_GlobalSeqOvercountedGap(t *testing.T) {
 	}
 }
 
-// TestRegressionReplayStormFarBehindCursor: after the crash, clients
+// TestIncident_ReplayStormForFarBehindCursor: after the crash, clients
 // thousands of events behind were fed the whole backlog 50 events per 5 s
 // sync (8-minute delays). A cursor more than the gap cap behind gets one
 // SkippedToHead with the size of the gap instead, and the live tail starts
@@ -89,7 +89,7 @@ func TestIncident_ReplayStormForFarBehindCursor(t *testing.T) {
 	}
 }
 
-// TestRegressionCursorEqualHeadResend: tmaxmax/go-sse v0.12.0 re-sends its
+// TestIncident_CursorAtHeadResentBuffer: tmaxmax/go-sse v0.12.0 re-sends its
 // whole buffer to a client whose Last-Event-ID is the newest event. Here a
 // cursor at head replays nothing, and a cursor past head is an error.
 func TestIncident_CursorAtHeadResentBuffer(t *testing.T) {
@@ -109,7 +109,7 @@ func TestIncident_CursorAtHeadResentBuffer(t *testing.T) {
 	}
 }
 
-// TestRegressionUnknownStreamSilentlySkipped: the origin's sync treated a
+// TestIncident_UnknownStreamSilentlySkipped: the origin's sync treated a
 // session id missing from the store like an inactive one and skipped it
 // without a word. It also synced suspended and detached sessions.
 func TestIncident_UnknownStreamSilentlySkipped(t *testing.T) {
