@@ -98,7 +98,7 @@ func BenchmarkReplay200(b *testing.B) {
 			l.Append(ctx, "s", benchData)
 		}
 		buf := make([]eventlog.Event, 0, 200)
-		from := l.Cursor(800)
+		from := at(l, 800)
 		b.ReportAllocs()
 		for b.Loop() {
 			res, _ := l.ReplayInto(ctx, "s", from, 200, buf)

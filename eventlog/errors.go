@@ -28,6 +28,10 @@ var (
 	// ErrCursorExpired: the events right after a cursor are no longer
 	// retained.
 	ErrCursorExpired = errors.New("eventlog: cursor older than retention")
+	// ErrWrongEpoch: a cursor's epoch is not the store's epoch: it was
+	// issued by another history (before a restart that lost history, a
+	// restore from backup, or by another store).
+	ErrWrongEpoch = errors.New("eventlog: cursor from another epoch")
 	// ErrBadCursor: a cursor string could not be parsed.
 	ErrBadCursor = errors.New("eventlog: malformed cursor")
 	// ErrInvalidState: a State value or name is not one of the six states.

@@ -119,7 +119,6 @@ type Result struct {
 // commits every stream's appends through one writer, in batches.
 type Log struct {
 	store        Store
-	epoch        string
 	maxEventSize int
 
 	closed    atomic.Bool
@@ -152,24 +151,33 @@ func New(opts ...Option) *Log {
 		}
 		c.store = NewMemoryStore(r)
 	}
-	return &Log{
+	l := &Log{
 		store:        c.store,
-		epoch:        c.store.Epoch(),
 		maxEventSize: c.maxEventSize,
 		done:         make(chan struct{}),
 		subs:         make(map[string]map[*Subscription]struct{}),
 	}
+	c.store.Watch(l.changed)
+	return l
 }
 
-// Epoch returns the log's epoch, the Epoch of every Cursor it issues.
-func (l *Log) Epoch() string { return l.epoch }
-
-// Cursor returns the cursor of seq in this log: Cursor{l.Epoch(), seq}.
-func (l *Log) Cursor(seq uint64) Cursor { return Cursor{Epoch: l.epoch, Seq: seq} }
+// Epoch returns the store's current epoch. It is not cached: a shared store
+// can change its epoch under a running Log (see Store), so a caller that
+// pairs a seq with an epoch should take both from one answer (Append's
+// cursor, Head, a Result) instead.
+//
+// Errors: ErrClosed, ctx.Err(), or the store's error.
+func (l *Log) Epoch(ctx context.Context) (string, error) {
+	if l.closed.Load() {
+		return "", ErrClosed
+	}
+	return l.store.Epoch(ctx)
+}
 
 // Append adds an event with data and no type to stream, creating the stream
 // (in state Created) if needed, wakes the stream's subscribers, and returns
-// the event's cursor. The log copies data; the caller may reuse it.
+// the event's cursor: the epoch it was committed under and its seq. The log
+// copies data; the caller may reuse it.
 //
 // Errors: ErrEmptyStream, ErrEventTooLarge, ErrStreamEnded, ErrClosed,
 // ctx.Err(), or the store's error.
@@ -190,38 +198,36 @@ func (l *Log) AppendEvent(ctx context.Context, stream, typ string, data []byte) 
 	if n := len(typ) + len(data); n > l.maxEventSize {
 		return Cursor{}, errorf(ErrEventTooLarge, "%d bytes, limit %d", n, l.maxEventSize)
 	}
-	seq, err := l.store.Append(ctx, stream, typ, data)
-	if err != nil {
-		return Cursor{}, err
-	}
-	if l.nsubs.Load() > 0 {
-		l.wake(stream)
-	}
-	return Cursor{Epoch: l.epoch, Seq: seq}, nil
+	return l.store.Append(ctx, stream, typ, data)
 }
 
 // Head returns the cursor of the last event appended to stream (Seq 0 if
-// none was).
+// none was), in the store's current epoch.
 //
-// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, or the store's error.
-func (l *Log) Head(stream string) (Cursor, error) {
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, ctx.Err(), or the
+// store's error.
+func (l *Log) Head(ctx context.Context, stream string) (Cursor, error) {
 	if err := l.check(stream); err != nil {
 		return Cursor{}, err
 	}
-	_, head, err := l.store.Bounds(context.Background(), stream)
+	b, err := l.store.Bounds(ctx, stream)
 	if err != nil {
 		return Cursor{}, err
 	}
-	return Cursor{Epoch: l.epoch, Seq: head}, nil
+	return Cursor{Epoch: b.Epoch, Seq: b.Head}, nil
 }
 
-// ReadAfter returns up to limit retained events of stream with seq > after,
-// in order (limit <= 0 means DefaultGapCap).
+// ReadAfter returns up to limit retained events of stream with seq >
+// after.Seq, in order (limit <= 0 means DefaultGapCap). A cursor with an
+// epoch is checked against the store's: the events are then known to belong
+// to after's history. The zero Cursor reads from the start of whatever
+// history the store holds; take the epoch from Head first when it matters.
 //
-// Errors: ErrEmptyStream, ErrUnknownStream, ErrCursorAhead (after > head),
-// ErrCursorExpired (event after+1 is no longer retained), ErrClosed,
-// ctx.Err(), or the store's error.
-func (l *Log) ReadAfter(ctx context.Context, stream string, after uint64, limit int) ([]Event, error) {
+// Errors: ErrEmptyStream, ErrWrongEpoch (after is from another epoch),
+// ErrUnknownStream, ErrCursorAhead (after.Seq > head), ErrCursorExpired
+// (event after.Seq+1 is no longer retained), ErrClosed, ctx.Err(), or the
+// store's error.
+func (l *Log) ReadAfter(ctx context.Context, stream string, after Cursor, limit int) ([]Event, error) {
 	return l.ReadAfterInto(ctx, stream, after, limit, nil)
 }
 
@@ -229,7 +235,7 @@ func (l *Log) ReadAfter(ctx context.Context, stream string, after uint64, limit 
 // dst reads without allocating.
 //
 // Errors: as ReadAfter.
-func (l *Log) ReadAfterInto(ctx context.Context, stream string, after uint64, limit int, dst []Event) ([]Event, error) {
+func (l *Log) ReadAfterInto(ctx context.Context, stream string, after Cursor, limit int, dst []Event) ([]Event, error) {
 	if err := l.check(stream); err != nil {
 		return dst[:0], err
 	}
@@ -274,42 +280,58 @@ func (l *Log) ReplayInto(ctx context.Context, stream string, from Cursor, gapCap
 	if gapCap <= 0 {
 		gapCap = DefaultGapCap
 	}
-	first, head, err := l.store.Bounds(ctx, stream)
-	if err != nil {
-		return Result{}, err
-	}
-	headC := Cursor{Epoch: l.epoch, Seq: head}
-	if !from.IsZero() && from.Epoch != l.epoch {
-		return Result{Outcome: Unrecoverable, Reason: WrongEpoch, Head: headC, Resume: headC}, nil
-	}
-	if from.Seq > head {
-		return Result{}, errorf(ErrCursorAhead, "stream %q: cursor %d, head %d", stream, from.Seq, head)
-	}
-	gap := head - from.Seq
-	if gap == 0 {
-		return Result{Outcome: Events, Events: dst[:0], Head: headC, Resume: headC}, nil
-	}
-	if gap > uint64(gapCap) {
-		return Result{Outcome: SkippedToHead, Gap: gap, Head: headC, Resume: headC}, nil
-	}
-	if from.Seq+1 < first {
-		return Result{Outcome: Unrecoverable, Reason: Expired, Head: headC, Resume: headC}, nil
-	}
-	evs, err := l.store.ReadAfter(ctx, stream, from.Seq, gapCap, dst[:0])
-	if err != nil {
-		if errors.Is(err, ErrCursorExpired) { // retention moved on since Bounds
-			return Result{Outcome: Unrecoverable, Reason: Expired, Head: headC, Resume: headC}, nil
+	// Two tries: the epoch may change between Bounds and ReadAfter (a shared
+	// store that was restored); the second round reports the new epoch.
+	for try := 0; ; try++ {
+		b, err := l.store.Bounds(ctx, stream)
+		if err != nil {
+			return Result{}, err
 		}
-		return Result{}, err
-	}
-	res := Result{Outcome: Events, Events: evs, Head: headC, Resume: Cursor{Epoch: l.epoch, Seq: from.Seq}}
-	if n := len(evs); n > 0 {
-		res.Resume.Seq = evs[n-1].Seq
-		if res.Resume.Seq > head {
-			res.Head = res.Resume
+		res, read, err := decideReplay(stream, from, b, gapCap)
+		if err != nil || !read {
+			return res, err
 		}
+		evs, err := l.store.ReadAfter(ctx, stream, Cursor{Epoch: b.Epoch, Seq: from.Seq}, gapCap, dst[:0])
+		switch {
+		case errors.Is(err, ErrWrongEpoch) && try == 0:
+			continue
+		case errors.Is(err, ErrCursorExpired): // retention moved on since Bounds
+			return Result{Outcome: Unrecoverable, Reason: Expired, Head: res.Head, Resume: res.Head}, nil
+		case err != nil:
+			return Result{}, err
+		}
+		res.Events = evs
+		if n := len(evs); n > 0 {
+			res.Resume.Seq = evs[n-1].Seq
+			res.Head.Seq = max(res.Head.Seq, res.Resume.Seq)
+		}
+		return res, nil
 	}
-	return res, nil
+}
+
+// decideReplay is the decision of Replay for a cursor and the stream's
+// bounds: a final result (read false), or an Events result whose events
+// are still to be read from the store (read true; Resume is the input
+// cursor in b's epoch). The cases are checked in the order Replay's doc
+// lists them.
+func decideReplay(stream string, from Cursor, b Bounds, gapCap int) (res Result, read bool, err error) {
+	head := Cursor{Epoch: b.Epoch, Seq: b.Head}
+	stop := func(o Outcome, r Reason, gap uint64) (Result, bool, error) {
+		return Result{Outcome: o, Reason: r, Gap: gap, Head: head, Resume: head}, false, nil
+	}
+	switch gap := b.Head - from.Seq; {
+	case !from.IsZero() && from.Epoch != b.Epoch:
+		return stop(Unrecoverable, WrongEpoch, 0)
+	case from.Seq > b.Head:
+		return Result{}, false, errorf(ErrCursorAhead, "stream %q: cursor %d, head %d", stream, from.Seq, b.Head)
+	case gap == 0:
+		return stop(Events, NoReason, 0)
+	case gap > uint64(gapCap):
+		return stop(SkippedToHead, NoReason, gap)
+	case from.Seq+1 < b.First:
+		return stop(Unrecoverable, Expired, 0)
+	}
+	return Result{Outcome: Events, Head: head, Resume: Cursor{Epoch: b.Epoch, Seq: from.Seq}}, true, nil
 }
 
 // SetState sets the state of stream, creating the stream if it does not
@@ -325,23 +347,18 @@ func (l *Log) SetState(ctx context.Context, stream string, st State) error {
 	if !st.Valid() {
 		return errorf(ErrInvalidState, "%d", st)
 	}
-	if err := l.store.SetState(ctx, stream, st); err != nil {
-		return err
-	}
-	if l.nsubs.Load() > 0 {
-		l.wake(stream)
-	}
-	return nil
+	return l.store.SetState(ctx, stream, st)
 }
 
 // State returns the state of stream.
 //
-// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, or the store's error.
-func (l *Log) State(stream string) (State, error) {
+// Errors: ErrEmptyStream, ErrUnknownStream, ErrClosed, ctx.Err(), or the
+// store's error.
+func (l *Log) State(ctx context.Context, stream string) (State, error) {
 	if err := l.check(stream); err != nil {
 		return 0, err
 	}
-	return l.store.State(stream)
+	return l.store.State(ctx, stream)
 }
 
 // Delete removes stream from the log: its events, head and state are freed
@@ -364,13 +381,7 @@ func (l *Log) Delete(ctx context.Context, stream string) error {
 	if err := l.check(stream); err != nil {
 		return err
 	}
-	if err := l.store.Delete(ctx, stream); err != nil {
-		return err
-	}
-	if l.nsubs.Load() > 0 {
-		l.wake(stream)
-	}
-	return nil
+	return l.store.Delete(ctx, stream)
 }
 
 // Streams returns every stream of the log (not deleted ones) whose state
@@ -419,11 +430,11 @@ func (l *Log) Oldest(ctx context.Context, stream string) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	first, _, err := l.store.Bounds(ctx, stream)
+	b, err := l.store.Bounds(ctx, stream)
 	if err != nil {
 		return 0, err
 	}
-	return first, nil
+	return b.First, nil
 }
 
 // Close closes the log and its store. Blocked Subscription.Next calls
@@ -448,14 +459,28 @@ func (l *Log) check(stream string) error {
 	return nil
 }
 
-// wake tells every subscriber of stream that it has news. It never blocks.
-func (l *Log) wake(stream string) {
+// changed is the store's Watch callback: it tells every subscriber of
+// stream (of every stream, for "") that it has news. It never blocks.
+func (l *Log) changed(stream string) {
+	if l.nsubs.Load() == 0 {
+		return
+	}
 	l.subsMu.RLock()
-	for s := range l.subs[stream] {
+	if stream == "" {
+		for _, m := range l.subs {
+			wakeAll(m)
+		}
+	} else {
+		wakeAll(l.subs[stream])
+	}
+	l.subsMu.RUnlock()
+}
+
+func wakeAll(m map[*Subscription]struct{}) {
+	for s := range m {
 		select {
 		case s.wake <- struct{}{}:
 		default: // a wake-up is already pending
 		}
 	}
-	l.subsMu.RUnlock()
 }

@@ -23,10 +23,10 @@ func appendN(t *testing.T, l *eventlog.Log, stream string, n int) {
 	}
 }
 
-// TestRegressionGlobalSeqOvercount: the origin numbered every session's
+// TestIncident_GlobalSeqOvercountedGap: the origin numbered every session's
 // events from one global sequence, so head - cursor for one session counted
 // the other sessions' events too and far-behind detection misfired.
-func TestRegressionGlobalSeqOvercount(t *testing.T) {
+func TestIncident_GlobalSeqOvercountedGap(t *testing.T) {
 	l := eventlog.New()
 	defer l.Close()
 	ctx := context.Background()
@@ -41,33 +41,33 @@ func TestRegressionGlobalSeqOvercount(t *testing.T) {
 			}
 		}
 	}
-	head, err := l.Head("quiet")
+	head, err := l.Head(context.Background(), "quiet")
 	if err != nil || head.Seq != 10 {
 		t.Fatalf("quiet head = %v, %v; want 10 (its own events only)", head, err)
 	}
 	// A quiet-session client 5 events behind replays 5 events; with one
 	// global sequence the gap would have looked like ~150 events.
-	res, err := l.Replay(ctx, "quiet", l.Cursor(5), 0)
+	res, err := l.Replay(ctx, "quiet", at(l, 5), 0)
 	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 5 {
 		t.Fatalf("Replay = %v with %d events, %v; want 5 events", res.Outcome, len(res.Events), err)
 	}
 }
 
-// TestRegressionReplayStormFarBehindCursor: after the crash, clients
+// TestIncident_ReplayStormForFarBehindCursor: after the crash, clients
 // thousands of events behind were fed the whole backlog 50 events per 5 s
 // sync (8-minute delays). A cursor more than the gap cap behind gets one
 // SkippedToHead with the size of the gap instead, and the live tail starts
 // at head at once.
-func TestRegressionReplayStormFarBehindCursor(t *testing.T) {
+func TestIncident_ReplayStormForFarBehindCursor(t *testing.T) {
 	l := eventlog.New()
 	defer l.Close()
 	ctx := context.Background()
 	appendN(t, l, "s", 6000)
-	res, err := l.Replay(ctx, "s", l.Cursor(100), 0)
-	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 5900 || len(res.Events) != 0 || res.Resume != l.Cursor(6000) {
+	res, err := l.Replay(ctx, "s", at(l, 100), 0)
+	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 5900 || len(res.Events) != 0 || res.Resume != at(l, 6000) {
 		t.Fatalf("Replay(far behind) = %+v, %v; want SkippedToHead gap 5900, resume at head", res, err)
 	}
-	sub, err := l.Subscribe(ctx, "s", l.Cursor(100), eventlog.SubscribeOptions{})
+	sub, err := l.Subscribe(ctx, "s", at(l, 100), eventlog.SubscribeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,36 +83,36 @@ func TestRegressionReplayStormFarBehindCursor(t *testing.T) {
 		t.Fatalf("after skip, Next = %+v, %v; want just the new event 6001", res, err)
 	}
 	// Exactly at the cap is still replayed in full.
-	res, err = l.Replay(ctx, "s", l.Cursor(6001-eventlog.DefaultGapCap), 0)
+	res, err = l.Replay(ctx, "s", at(l, 6001-eventlog.DefaultGapCap), 0)
 	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != eventlog.DefaultGapCap {
 		t.Fatalf("Replay(cap behind) = %v with %d events, %v", res.Outcome, len(res.Events), err)
 	}
 }
 
-// TestRegressionCursorEqualHeadResend: tmaxmax/go-sse v0.12.0 re-sends its
+// TestIncident_CursorAtHeadResentBuffer: tmaxmax/go-sse v0.12.0 re-sends its
 // whole buffer to a client whose Last-Event-ID is the newest event. Here a
 // cursor at head replays nothing, and a cursor past head is an error.
-func TestRegressionCursorEqualHeadResend(t *testing.T) {
+func TestIncident_CursorAtHeadResentBuffer(t *testing.T) {
 	l := eventlog.New()
 	defer l.Close()
 	ctx := context.Background()
 	appendN(t, l, "s", 50)
-	res, err := l.Replay(ctx, "s", l.Cursor(50), 0)
-	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 0 || res.Resume != l.Cursor(50) {
+	res, err := l.Replay(ctx, "s", at(l, 50), 0)
+	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 0 || res.Resume != at(l, 50) {
 		t.Fatalf("Replay(head) = %+v, %v; want no events", res, err)
 	}
-	if _, err := l.Replay(ctx, "s", l.Cursor(51), 0); !errors.Is(err, eventlog.ErrCursorAhead) {
+	if _, err := l.Replay(ctx, "s", at(l, 51), 0); !errors.Is(err, eventlog.ErrCursorAhead) {
 		t.Fatalf("Replay(head+1) err = %v, want ErrCursorAhead", err)
 	}
-	if _, err := l.Subscribe(ctx, "s", l.Cursor(9999), eventlog.SubscribeOptions{}); !errors.Is(err, eventlog.ErrCursorAhead) {
+	if _, err := l.Subscribe(ctx, "s", at(l, 9999), eventlog.SubscribeOptions{}); !errors.Is(err, eventlog.ErrCursorAhead) {
 		t.Fatalf("Subscribe(ahead) err = %v, want ErrCursorAhead", err)
 	}
 }
 
-// TestRegressionUnknownStreamSilentlySkipped: the origin's sync treated a
+// TestIncident_UnknownStreamSilentlySkipped: the origin's sync treated a
 // session id missing from the store like an inactive one and skipped it
 // without a word. It also synced suspended and detached sessions.
-func TestRegressionUnknownStreamSilentlySkipped(t *testing.T) {
+func TestIncident_UnknownStreamSilentlySkipped(t *testing.T) {
 	l := eventlog.New()
 	defer l.Close()
 	ctx := context.Background()
@@ -148,7 +148,7 @@ func TestRegressionUnknownStreamSilentlySkipped(t *testing.T) {
 	if !slices.Equal(called, want.Synced) {
 		t.Fatalf("sync func called for %v, want %v", called, want.Synced)
 	}
-	if _, err := l.State("ghost"); !errors.Is(err, eventlog.ErrUnknownStream) {
+	if _, err := l.State(context.Background(), "ghost"); !errors.Is(err, eventlog.ErrUnknownStream) {
 		t.Fatalf("State(ghost) err = %v, want ErrUnknownStream", err)
 	}
 	// A failing sync is reported, and does not stop the round.
@@ -215,11 +215,11 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("Append(8 bytes) err = %v", err)
 	}
 	for name, err := range map[string]error{
-		"Head":      second(l.Head("")),
-		"State":     second(l.State("")),
+		"Head":      second(l.Head(context.Background(), "")),
+		"State":     second(l.State(context.Background(), "")),
 		"SetState":  l.SetState(ctx, "", eventlog.Active),
 		"Replay":    second(l.Replay(ctx, "", eventlog.Cursor{}, 0)),
-		"ReadAfter": second(l.ReadAfter(ctx, "", 0, 1)),
+		"ReadAfter": second(l.ReadAfter(ctx, "", eventlog.Cursor{Seq: 0}, 1)),
 		"Subscribe": second(l.Subscribe(ctx, "", eventlog.Cursor{}, eventlog.SubscribeOptions{})),
 	} {
 		if !errors.Is(err, eventlog.ErrEmptyStream) {
@@ -240,11 +240,11 @@ func TestBadInput(t *testing.T) {
 	}
 	for name, err := range map[string]error{
 		"Append":    second(l.Append(ctx, "s", nil)),
-		"Head":      second(l.Head("s")),
-		"State":     second(l.State("s")),
+		"Head":      second(l.Head(context.Background(), "s")),
+		"State":     second(l.State(context.Background(), "s")),
 		"SetState":  l.SetState(ctx, "s", eventlog.Active),
 		"Replay":    second(l.Replay(ctx, "s", eventlog.Cursor{}, 0)),
-		"ReadAfter": second(l.ReadAfter(ctx, "s", 0, 1)),
+		"ReadAfter": second(l.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 0}, 1)),
 		"Subscribe": second(l.Subscribe(ctx, "s", eventlog.Cursor{}, eventlog.SubscribeOptions{})),
 		"Sync":      second(l.Sync(ctx, []string{"s"}, func(context.Context, string, eventlog.State) error { return nil })),
 	} {
@@ -286,7 +286,7 @@ func TestEpochsDiffer(t *testing.T) {
 	ctx := context.Background()
 	appendN(t, a, "s", 10)
 	appendN(t, b, "s", 10)
-	res, err := b.Replay(ctx, "s", a.Cursor(5), 0)
+	res, err := b.Replay(ctx, "s", at(a, 5), 0)
 	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch {
 		t.Fatalf("Replay(cursor of another log) = %+v, %v", res, err)
 	}
@@ -300,20 +300,20 @@ func TestAgeRetentionReplay(t *testing.T) {
 		appendN(t, l, "s", 3)
 		time.Sleep(90 * time.Minute)
 		appendN(t, l, "s", 2)
-		res, err := l.Replay(ctx, "s", l.Cursor(1), 0)
-		if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.Expired || res.Resume != l.Cursor(5) {
+		res, err := l.Replay(ctx, "s", at(l, 1), 0)
+		if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.Expired || res.Resume != at(l, 5) {
 			t.Fatalf("Replay(cursor before age retention) = %+v, %v; want Unrecoverable/Expired", res, err)
 		}
-		res, err = l.Replay(ctx, "s", l.Cursor(3), 0)
+		res, err = l.Replay(ctx, "s", at(l, 3), 0)
 		if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 2 {
 			t.Fatalf("Replay(3) = %+v, %v; want events 4 and 5", res, err)
 		}
 		time.Sleep(59 * time.Minute)
-		if res, err := l.Replay(ctx, "s", l.Cursor(3), 0); err != nil || len(res.Events) != 2 {
+		if res, err := l.Replay(ctx, "s", at(l, 3), 0); err != nil || len(res.Events) != 2 {
 			t.Fatalf("at 59 min, events 4-5 must still be there: %+v, %v", res, err)
 		}
 		time.Sleep(time.Minute)
-		if res, err := l.Replay(ctx, "s", l.Cursor(3), 0); err != nil || res.Reason != eventlog.Expired {
+		if res, err := l.Replay(ctx, "s", at(l, 3), 0); err != nil || res.Reason != eventlog.Expired {
 			t.Fatalf("at 60 min, events 4-5 must be gone: %+v, %v", res, err)
 		}
 	})
@@ -398,7 +398,7 @@ func TestConcurrentAppendersAndSubscribers(t *testing.T) {
 				mu.Unlock()
 				if a == 0 && i == per/2 {
 					// Join mid-stream, from the current head.
-					head, err := l.Head(stream)
+					head, err := l.Head(context.Background(), stream)
 					if err != nil {
 						t.Error(err)
 						return
@@ -411,7 +411,7 @@ func TestConcurrentAppendersAndSubscribers(t *testing.T) {
 	apps.Wait()
 	subs.Wait()
 	for _, s := range streams {
-		if head, err := l.Head(s); err != nil || head.Seq != total {
+		if head, err := l.Head(context.Background(), s); err != nil || head.Seq != total {
 			t.Fatalf("Head(%s) = %v, %v; want %d", s, head, err, total)
 		}
 		if !maps.Equal(appended[s], seen[s]) {
@@ -431,11 +431,11 @@ func TestZeroCursorOnTrimmedStream(t *testing.T) {
 	defer l.Close()
 	appendN(t, l, "s", 10)
 	res, err := l.Replay(ctx, "s", eventlog.Cursor{}, 0)
-	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.Expired || res.Resume != l.Cursor(10) || len(res.Events) != 0 {
+	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.Expired || res.Resume != at(l, 10) || len(res.Events) != 0 {
 		t.Fatalf("Replay(zero) on a trimmed stream = %+v, %v; want Unrecoverable/Expired resuming at 10", res, err)
 	}
 	res, err = l.Replay(ctx, "s", eventlog.Cursor{}, 5)
-	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 10 || res.Resume != l.Cursor(10) {
+	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 10 || res.Resume != at(l, 10) {
 		t.Fatalf("Replay(zero, cap 5) = %+v, %v; want SkippedToHead gap 10", res, err)
 	}
 	sub, err := l.Subscribe(ctx, "s", eventlog.Cursor{}, eventlog.SubscribeOptions{})
@@ -443,7 +443,7 @@ func TestZeroCursorOnTrimmedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	if res, err := sub.Next(ctx); err != nil || res.Outcome != eventlog.Unrecoverable || res.Resume != l.Cursor(10) {
+	if res, err := sub.Next(ctx); err != nil || res.Outcome != eventlog.Unrecoverable || res.Resume != at(l, 10) {
 		t.Fatalf("first Next = %+v, %v", res, err)
 	}
 	appendN(t, l, "s", 1)

@@ -12,22 +12,24 @@ func ExampleLog_Replay() {
 	ctx := context.Background()
 	l := eventlog.New()
 	defer l.Close()
+	var head eventlog.Cursor
 	for i := 1; i <= 500; i++ {
-		l.Append(ctx, "session-1", fmt.Appendf(nil, "message %d", i))
+		head, _ = l.Append(ctx, "session-1", fmt.Appendf(nil, "message %d", i))
 	}
+	at := func(seq uint64) eventlog.Cursor { return eventlog.Cursor{Epoch: head.Epoch, Seq: seq} }
 
 	// A client a few events behind gets exactly what it missed.
-	res, _ := l.Replay(ctx, "session-1", l.Cursor(497), eventlog.DefaultGapCap)
+	res, _ := l.Replay(ctx, "session-1", at(497), eventlog.DefaultGapCap)
 	for _, ev := range res.Events {
 		fmt.Printf("%s %d %s\n", res.Outcome, ev.Seq, ev.Data)
 	}
 
 	// A client at head gets nothing again.
-	res, _ = l.Replay(ctx, "session-1", l.Cursor(500), eventlog.DefaultGapCap)
+	res, _ = l.Replay(ctx, "session-1", at(500), eventlog.DefaultGapCap)
 	fmt.Println(res.Outcome, len(res.Events))
 
 	// A client far behind is told to skip, not flooded.
-	res, _ = l.Replay(ctx, "session-1", l.Cursor(10), eventlog.DefaultGapCap)
+	res, _ = l.Replay(ctx, "session-1", at(10), eventlog.DefaultGapCap)
 	fmt.Println(res.Outcome, res.Gap, res.Resume.Seq)
 
 	// A cursor from before a restart is never taken as a position.
@@ -46,11 +48,12 @@ func ExampleLog_Subscribe() {
 	ctx := context.Background()
 	l := eventlog.New()
 	defer l.Close()
-	l.Append(ctx, "chat", []byte("hello"))
+	seen, _ := l.Append(ctx, "chat", []byte("hello"))
 	l.Append(ctx, "chat", []byte("how are you?"))
 
-	// The client saw event 1 before it reconnected.
-	sub, err := l.Subscribe(ctx, "chat", l.Cursor(1), eventlog.SubscribeOptions{})
+	// The client saw event 1 (its cursor, seen, was the SSE event id)
+	// before it reconnected.
+	sub, err := l.Subscribe(ctx, "chat", seen, eventlog.SubscribeOptions{})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -120,7 +123,7 @@ func ExampleLog_Delete() {
 	// After a retention period, the ended session is forgotten: its events
 	// are freed and reads report it unknown.
 	fmt.Println(l.Delete(ctx, "session-1"))
-	_, err := l.Head("session-1")
+	_, err := l.Head(ctx, "session-1")
 	fmt.Println(errors.Is(err, eventlog.ErrUnknownStream), errors.Is(err, eventlog.ErrStreamDeleted))
 
 	// The id is never reused in this epoch, so an old cursor of the deleted

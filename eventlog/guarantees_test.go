@@ -17,7 +17,7 @@ type blockingStore struct {
 	release chan struct{}
 }
 
-func (s *blockingStore) Append(ctx context.Context, stream, typ string, data []byte) (uint64, error) {
+func (s *blockingStore) Append(ctx context.Context, stream, typ string, data []byte) (eventlog.Cursor, error) {
 	if stream == s.slow {
 		s.entered <- struct{}{}
 		<-s.release
@@ -43,7 +43,7 @@ func TestAppendsToOneStreamDoNotWaitForAnother(t *testing.T) {
 	if _, err := log.Append(ctx, "fast", []byte("first")); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := log.Subscribe(ctx, "fast", eventlog.Cursor{Epoch: log.Epoch()}, eventlog.SubscribeOptions{})
+	sub, err := log.Subscribe(ctx, "fast", eventlog.Cursor{Epoch: epochOf(log)}, eventlog.SubscribeOptions{})
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
@@ -64,7 +64,7 @@ func TestAppendsToOneStreamDoNotWaitForAnother(t *testing.T) {
 				return
 			}
 		}
-		_, err := log.ReadAfter(ctx, "fast", 0, 11)
+		_, err := log.ReadAfter(ctx, "fast", eventlog.Cursor{Seq: 0}, 11)
 		fastDone <- err
 	}()
 	select {
@@ -75,7 +75,7 @@ func TestAppendsToOneStreamDoNotWaitForAnother(t *testing.T) {
 	case <-time.After(10 * time.Second): // a failure guard, not synchronization
 		t.Fatal("appends to another stream waited for the stuck one")
 	}
-	if h, err := log.Head("fast"); err != nil || h.Seq != 11 {
+	if h, err := log.Head(context.Background(), "fast"); err != nil || h.Seq != 11 {
 		t.Fatalf("Head(fast) = %v, %v; want seq 11", h, err)
 	}
 	close(st.release)
@@ -101,11 +101,11 @@ func TestSteadyStateAppendAndReplayDoNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, func() { _, _ = log.Append(ctx, "s", data) }); n != 0 {
 		t.Fatalf("Append allocates %v times per call at steady state", n)
 	}
-	head, err := log.Head("s")
+	head, err := log.Head(context.Background(), "s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := eventlog.Cursor{Epoch: log.Epoch(), Seq: head.Seq - 200}
+	from := eventlog.Cursor{Epoch: epochOf(log), Seq: head.Seq - 200}
 	dst := make([]eventlog.Event, 0, 200)
 	var res eventlog.Result
 	if n := testing.AllocsPerRun(100, func() {

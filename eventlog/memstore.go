@@ -50,7 +50,8 @@ type MemoryStore struct {
 	maxAge    time.Duration // age retention, 0 = none
 	base      time.Time     // event times are monotonic offsets from base
 	closed    atomic.Bool
-	streams   sync.Map // string -> *memStream (tombstone for a deleted id)
+	streams   sync.Map                     // string -> *memStream (tombstone for a deleted id)
+	notify    atomic.Pointer[func(string)] // set by Watch
 }
 
 // tombstone marks a deleted id in MemoryStore.streams. It is never locked.
@@ -91,8 +92,33 @@ func NewEpoch() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Epoch returns the store's epoch.
-func (m *MemoryStore) Epoch() string { return m.epoch }
+// Epoch implements Store: the epoch is fixed for the store's life.
+func (m *MemoryStore) Epoch(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if m.closed.Load() {
+		return "", ErrClosed
+	}
+	return m.epoch, nil
+}
+
+// Watch implements Store: fn is called after every Append, SetState and
+// Delete, on the caller's goroutine.
+func (m *MemoryStore) Watch(fn func(stream string)) { m.notify.Store(&fn) }
+
+func (m *MemoryStore) changed(stream string) {
+	if fn := m.notify.Load(); fn != nil && *fn != nil {
+		(*fn)(stream)
+	}
+}
+
+func (m *MemoryStore) checkEpoch(stream string, c Cursor) error {
+	if c.Epoch != "" && c.Epoch != m.epoch {
+		return errorf(ErrWrongEpoch, "stream %q: cursor epoch %q, store epoch %q", clip(stream), clip(c.Epoch), m.epoch)
+	}
+	return nil
+}
 
 func (m *MemoryStore) lookup(stream string, create bool) (*memStream, error) {
 	if m.closed.Load() {
@@ -134,14 +160,23 @@ func (m *MemoryStore) expire(st *memStream, now int64) {
 }
 
 // Append implements Store.
-func (m *MemoryStore) Append(ctx context.Context, stream, typ string, data []byte) (uint64, error) {
+func (m *MemoryStore) Append(ctx context.Context, stream, typ string, data []byte) (Cursor, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return Cursor{}, err
 	}
 	st, err := m.lookup(stream, true)
 	if err != nil {
-		return 0, err
+		return Cursor{}, err
 	}
+	seq, err := m.append(st, stream, typ, data)
+	if err != nil {
+		return Cursor{}, err
+	}
+	m.changed(stream)
+	return Cursor{Epoch: m.epoch, Seq: seq}, nil
+}
+
+func (m *MemoryStore) append(st *memStream, stream, typ string, data []byte) (uint64, error) {
 	var now int64
 	if m.maxAge > 0 {
 		now = m.now()
@@ -226,7 +261,7 @@ func (st *memStream) copyData(data []byte) []byte {
 }
 
 // ReadAfter implements Store.
-func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, after uint64, limit int, dst []Event) ([]Event, error) {
+func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, from Cursor, limit int, dst []Event) ([]Event, error) {
 	if err := ctx.Err(); err != nil {
 		return dst, err
 	}
@@ -234,6 +269,10 @@ func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, after uint64
 	if err != nil {
 		return dst, err
 	}
+	if err := m.checkEpoch(stream, from); err != nil {
+		return dst, err
+	}
+	after := from.Seq
 	var now int64
 	if m.maxAge > 0 {
 		now = m.now()
@@ -269,10 +308,13 @@ func (m *MemoryStore) ReadAfter(ctx context.Context, stream string, after uint64
 }
 
 // Bounds implements Store.
-func (m *MemoryStore) Bounds(ctx context.Context, stream string) (first, head uint64, err error) {
+func (m *MemoryStore) Bounds(ctx context.Context, stream string) (Bounds, error) {
+	if err := ctx.Err(); err != nil {
+		return Bounds{}, err
+	}
 	st, err := m.lookup(stream, false)
 	if err != nil {
-		return 0, 0, err
+		return Bounds{}, err
 	}
 	var now int64
 	if m.maxAge > 0 {
@@ -281,12 +323,12 @@ func (m *MemoryStore) Bounds(ctx context.Context, stream string) (first, head ui
 	st.mu.Lock()
 	if st.deleted {
 		st.mu.Unlock()
-		return 0, 0, DeletedError(stream)
+		return Bounds{}, DeletedError(stream)
 	}
 	m.expire(st, now)
-	first, head = st.head-uint64(st.n)+1, st.head
+	b := Bounds{Epoch: m.epoch, First: st.head - uint64(st.n) + 1, Head: st.head}
 	st.mu.Unlock()
-	return first, head, nil
+	return b, nil
 }
 
 // SetState implements Store.
@@ -310,11 +352,15 @@ func (m *MemoryStore) SetState(ctx context.Context, stream string, s State) erro
 		return errorf(ErrStreamEnded, "%q: cannot become %v", clip(stream), s)
 	}
 	st.state = s
+	m.changed(stream)
 	return nil
 }
 
 // State implements Store.
-func (m *MemoryStore) State(stream string) (State, error) {
+func (m *MemoryStore) State(ctx context.Context, stream string) (State, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	st, err := m.lookup(stream, false)
 	if err != nil {
 		return 0, err
@@ -347,6 +393,7 @@ func (m *MemoryStore) Delete(ctx context.Context, stream string) error {
 	// Under st.mu, so no operation on the stream runs between the flag and
 	// the tombstone; lookups that load the old entry see the flag.
 	m.streams.Store(stream, tombstone)
+	m.changed(stream)
 	return nil
 }
 

@@ -33,7 +33,7 @@ func TestMemoryStoreSmallStreamsStaySmall(t *testing.T) {
 		}
 	}
 	// Data of events in earlier, smaller chunks is intact.
-	evs, err := m.ReadAfter(ctx, "busy", 0, -1, nil)
+	evs, err := m.ReadAfter(ctx, "busy", Cursor{Seq: 0}, -1, nil)
 	if err != nil || len(evs) != 1000 {
 		t.Fatalf("ReadAfter: %d events, %v", len(evs), err)
 	}

@@ -75,7 +75,7 @@ func (m *logModel) append(t *rapid.T) {
 		m.streams[id] = s
 	}
 	s.data = append(s.data, data)
-	if want := m.log.Cursor(uint64(len(s.data))); cur != want {
+	if want := at(m.log, uint64(len(s.data))); cur != want {
 		t.Fatalf("Append(%q) = %v, want %v", id, cur, want)
 	}
 }
@@ -116,7 +116,7 @@ func (m *logModel) readAfter(t *rapid.T) {
 	}
 	after := rapid.Uint64Range(0, head+2).Draw(t, "after")
 	limit := rapid.IntRange(1, 12).Draw(t, "limit")
-	got, err := m.log.ReadAfter(context.Background(), id, after, limit)
+	got, err := m.log.ReadAfter(context.Background(), id, eventlog.Cursor{Seq: after}, limit)
 	switch {
 	case s != nil && s.deleted:
 		if !errors.Is(err, eventlog.ErrStreamDeleted) || !errors.Is(err, eventlog.ErrUnknownStream) {
@@ -149,11 +149,11 @@ func (m *logModel) replay(t *rapid.T) {
 	if s != nil {
 		head = uint64(len(s.data))
 	}
-	epoch := rapid.SampledFrom([]string{m.log.Epoch(), "stale0epoch", ""}).Draw(t, "epoch")
+	epoch := rapid.SampledFrom([]string{epochOf(m.log), "stale0epoch", ""}).Draw(t, "epoch")
 	from := eventlog.Cursor{Epoch: epoch, Seq: rapid.Uint64Range(0, head+2).Draw(t, "seq")}
 	gapCap := rapid.IntRange(1, 10).Draw(t, "cap")
 	res, err := m.log.Replay(context.Background(), id, from, gapCap)
-	headC := m.log.Cursor(head)
+	headC := at(m.log, head)
 	if s != nil && s.deleted {
 		if !errors.Is(err, eventlog.ErrStreamDeleted) {
 			t.Fatalf("Replay(deleted %q) err %v", id, err)
@@ -166,7 +166,7 @@ func (m *logModel) replay(t *rapid.T) {
 		}
 		return
 	}
-	if !from.IsZero() && from.Epoch != m.log.Epoch() {
+	if !from.IsZero() && from.Epoch != epochOf(m.log) {
 		if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch || res.Resume != headC {
 			t.Fatalf("Replay(%v) = %+v, %v; want Unrecoverable/WrongEpoch", from, res, err)
 		}
@@ -207,8 +207,8 @@ func (m *logModel) replay(t *rapid.T) {
 func (m *logModel) check(t *rapid.T) {
 	for _, id := range modelIDs {
 		s := m.streams[id]
-		head, err := m.log.Head(id)
-		st, serr := m.log.State(id)
+		head, err := m.log.Head(context.Background(), id)
+		st, serr := m.log.State(context.Background(), id)
 		if s != nil && s.deleted {
 			if !errors.Is(err, eventlog.ErrStreamDeleted) || !errors.Is(serr, eventlog.ErrStreamDeleted) {
 				t.Fatalf("Head/State(deleted %q) = %v, %v", id, err, serr)
@@ -221,7 +221,7 @@ func (m *logModel) check(t *rapid.T) {
 			}
 			continue
 		}
-		if err != nil || head != m.log.Cursor(uint64(len(s.data))) {
+		if err != nil || head != at(m.log, uint64(len(s.data))) {
 			t.Fatalf("Head(%q) = %v, %v; want seq %d", id, head, err, len(s.data))
 		}
 		if serr != nil || st != s.state {

@@ -32,6 +32,7 @@ type Subscription struct {
 
 	// Used only by Next (one goroutine at a time).
 	first *Result // the replay result, until the first Next returns it
+	epoch string  // the epoch of pos
 	pos   uint64  // seq of the last event delivered (or skipped past)
 	ended bool    // Lagged was returned
 	err   error   // terminal error (the stream was deleted), returned again
@@ -83,7 +84,7 @@ func (l *Log) Subscribe(ctx context.Context, stream string, from Cursor, opts Su
 		return nil, err
 	}
 	s.first = &res
-	s.pos = res.Resume.Seq
+	s.epoch, s.pos = res.Resume.Epoch, res.Resume.Seq
 	return s, nil
 }
 
@@ -98,12 +99,16 @@ func (s *Subscription) Stream() string { return s.stream }
 // When the subscriber is more than MaxLag events behind head, or the next
 // event it needs is no longer retained, Next returns a Lagged result whose
 // Resume is the cursor to subscribe again from; the subscription then ends.
+// When the store's epoch changed under the subscription (a shared store
+// restored from backup), Next returns Unrecoverable with Reason WrongEpoch
+// and the new head, and the subscription ends: its position belongs to a
+// history the store no longer holds.
 //
 // Errors: ErrStreamEnded once every event of an Ended stream has been
 // delivered; an error wrapping ErrStreamDeleted (and ErrUnknownStream) once
 // the stream was deleted with Log.Delete, at once, even if events were not
-// delivered yet (they are gone), after which the subscription has ended; ErrSubscriptionClosed after Close or after Lagged; ErrClosed
-// once the log is closed; ctx.Err() if ctx ends while waiting (the
+// delivered yet (they are gone), after which the subscription has ended; ErrSubscriptionClosed after
+// Close or after a Lagged or Unrecoverable result; ErrClosed once the log is closed; ctx.Err() if ctx ends while waiting (the
 // subscription stays usable); or the store's error.
 func (s *Subscription) Next(ctx context.Context) (Result, error) {
 	if r := s.first; r != nil {
@@ -112,61 +117,12 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 	}
 	l := s.log
 	for {
-		if s.err != nil {
-			return Result{}, s.err
-		}
-		if s.ended {
-			return Result{}, ErrSubscriptionClosed
-		}
-		select {
-		case <-s.closed:
-			return Result{}, ErrSubscriptionClosed
-		case <-l.done:
-			return Result{}, ErrClosed
-		default:
-		}
-		if err := ctx.Err(); err != nil {
+		if err := s.usable(ctx); err != nil {
 			return Result{}, err
 		}
-		first, head, err := l.store.Bounds(ctx, s.stream)
-		if err != nil {
-			return Result{}, s.fail(err)
-		}
-		if head > s.pos {
-			if head-s.pos > uint64(s.opts.MaxLag) || s.pos+1 < first {
-				return s.lagged(head), nil
-			}
-			evs, err := l.store.ReadAfter(ctx, s.stream, s.pos, s.opts.Batch, s.buf[:0])
-			if err != nil {
-				if errors.Is(err, ErrCursorExpired) {
-					return s.lagged(head), nil
-				}
-				return Result{}, s.fail(err)
-			}
-			s.buf = evs
-			if len(evs) > 0 {
-				s.pos = evs[len(evs)-1].Seq
-				if s.pos > head {
-					head = s.pos
-				}
-				return Result{
-					Outcome: Events,
-					Events:  evs,
-					Head:    l.Cursor(head),
-					Resume:  l.Cursor(s.pos),
-				}, nil
-			}
-		}
-		st, err := l.store.State(s.stream)
-		if err != nil {
-			return Result{}, s.fail(err)
-		}
-		if st == Ended {
-			// Re-check: an append may have landed between Bounds and State.
-			if _, h, err := l.store.Bounds(ctx, s.stream); err == nil && h == s.pos {
-				return Result{}, ErrStreamEnded
-			}
-			continue
+		res, done, err := s.poll(ctx)
+		if done || err != nil {
+			return res, err
 		}
 		select {
 		case <-s.wake:
@@ -180,6 +136,72 @@ func (s *Subscription) Next(ctx context.Context) (Result, error) {
 	}
 }
 
+// usable returns the error Next must return before looking at the store.
+func (s *Subscription) usable(ctx context.Context) error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.ended:
+		return ErrSubscriptionClosed
+	}
+	select {
+	case <-s.closed:
+		return ErrSubscriptionClosed
+	case <-s.log.done:
+		return ErrClosed
+	default:
+	}
+	return ctx.Err()
+}
+
+// poll looks at the stream once: done reports a result (or error) for
+// Next; otherwise there is nothing new and Next waits for a wake-up.
+func (s *Subscription) poll(ctx context.Context) (res Result, done bool, err error) {
+	st := s.log.store
+	b, err := st.Bounds(ctx, s.stream)
+	if err != nil {
+		return Result{}, true, s.fail(err)
+	}
+	if b.Epoch != s.epoch {
+		return s.wrongEpoch(b), true, nil
+	}
+	if b.Head > s.pos {
+		if b.Head-s.pos > uint64(s.opts.MaxLag) || s.pos+1 < b.First {
+			return s.lagged(b.Head), true, nil
+		}
+		evs, err := st.ReadAfter(ctx, s.stream, Cursor{Epoch: s.epoch, Seq: s.pos}, s.opts.Batch, s.buf[:0])
+		switch {
+		case errors.Is(err, ErrCursorExpired):
+			return s.lagged(b.Head), true, nil
+		case errors.Is(err, ErrWrongEpoch): // the store changed history since Bounds
+			if b, err = st.Bounds(ctx, s.stream); err != nil {
+				return Result{}, true, s.fail(err)
+			}
+			return s.wrongEpoch(b), true, nil
+		case err != nil:
+			return Result{}, true, s.fail(err)
+		}
+		s.buf = evs
+		if len(evs) > 0 {
+			s.pos = evs[len(evs)-1].Seq
+			head := max(b.Head, s.pos)
+			return Result{Outcome: Events, Events: evs, Head: Cursor{s.epoch, head}, Resume: Cursor{s.epoch, s.pos}}, true, nil
+		}
+	}
+	state, err := st.State(ctx, s.stream)
+	if err != nil {
+		return Result{}, true, s.fail(err)
+	}
+	if state == Ended {
+		// Re-check: an append may have landed between Bounds and State.
+		if b, err := st.Bounds(ctx, s.stream); err == nil && b.Head == s.pos && b.Epoch == s.epoch {
+			return Result{}, true, ErrStreamEnded
+		}
+		return Result{}, false, nil
+	}
+	return Result{}, false, nil
+}
+
 // fail ends the subscription if err says its stream was deleted, and
 // returns err.
 func (s *Subscription) fail(err error) error {
@@ -191,9 +213,21 @@ func (s *Subscription) fail(err error) error {
 }
 
 func (s *Subscription) lagged(head uint64) Result {
+	return s.end(Result{Outcome: Lagged, Head: Cursor{s.epoch, head}, Resume: Cursor{s.epoch, s.pos}})
+}
+
+// wrongEpoch ends the subscription: the store's history is no longer the
+// one its position belongs to.
+func (s *Subscription) wrongEpoch(b Bounds) Result {
+	head := Cursor{Epoch: b.Epoch, Seq: b.Head}
+	return s.end(Result{Outcome: Unrecoverable, Reason: WrongEpoch, Head: head, Resume: head})
+}
+
+// end ends the subscription with res, its last result.
+func (s *Subscription) end(res Result) Result {
 	s.ended = true
 	s.unregister()
-	return Result{Outcome: Lagged, Head: s.log.Cursor(head), Resume: s.log.Cursor(s.pos)}
+	return res
 }
 
 // Close ends the subscription; a Next blocked in another goroutine returns

@@ -62,12 +62,12 @@ func TestSlowSubscriberLags(t *testing.T) {
 		defer l.Close()
 		ctx := context.Background()
 		appendN(t, l, "s", 3)
-		slow, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{MaxLag: 10, Batch: 4})
+		slow, err := l.Subscribe(ctx, "s", at(l, 1), eventlog.SubscribeOptions{MaxLag: 10, Batch: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer slow.Close()
-		fast, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{MaxLag: 1000})
+		fast, err := l.Subscribe(ctx, "s", at(l, 3), eventlog.SubscribeOptions{MaxLag: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +81,7 @@ func TestSlowSubscriberLags(t *testing.T) {
 			t.Fatalf("slow first Next = %+v, %v; want the replay of 2,3", res, err)
 		}
 		res, err = slow.Next(ctx)
-		if err != nil || res.Outcome != eventlog.Lagged || res.Resume != l.Cursor(3) || res.Head != l.Cursor(103) {
+		if err != nil || res.Outcome != eventlog.Lagged || res.Resume != at(l, 3) || res.Head != at(l, 103) {
 			t.Fatalf("slow Next = %+v, %v; want Lagged resuming at 3", res, err)
 		}
 		if _, err := slow.Next(ctx); !errors.Is(err, eventlog.ErrSubscriptionClosed) {
@@ -101,7 +101,7 @@ func TestSlowSubscriberLags(t *testing.T) {
 			}
 		}
 		// Resume from the Lagged cursor: nothing lost.
-		again, err := l.Subscribe(ctx, "s", l.Cursor(3), eventlog.SubscribeOptions{GapCap: 1000})
+		again, err := l.Subscribe(ctx, "s", at(l, 3), eventlog.SubscribeOptions{GapCap: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,7 +118,7 @@ func TestSubscriberPastRetentionLags(t *testing.T) {
 	defer l.Close()
 	ctx := context.Background()
 	appendN(t, l, "s", 1)
-	sub, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{MaxLag: 1000})
+	sub, err := l.Subscribe(ctx, "s", at(l, 1), eventlog.SubscribeOptions{MaxLag: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestSubscriberPastRetentionLags(t *testing.T) {
 	}
 	appendN(t, l, "s", 20) // event 2 is evicted before the subscriber reads it
 	res, err := sub.Next(ctx)
-	if err != nil || res.Outcome != eventlog.Lagged || res.Resume != l.Cursor(1) {
+	if err != nil || res.Outcome != eventlog.Lagged || res.Resume != at(l, 1) {
 		t.Fatalf("Next = %+v, %v; want Lagged at 1, never a silent skip", res, err)
 	}
 }
@@ -139,7 +139,7 @@ func TestSubscriptionCloseUnblocksNext(t *testing.T) {
 		defer l.Close()
 		ctx := context.Background()
 		appendN(t, l, "s", 1)
-		sub, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{})
+		sub, err := l.Subscribe(ctx, "s", at(l, 1), eventlog.SubscribeOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestLogCloseUnblocksNext(t *testing.T) {
 		l := eventlog.New()
 		ctx := context.Background()
 		appendN(t, l, "s", 1)
-		sub, err := l.Subscribe(ctx, "s", l.Cursor(1), eventlog.SubscribeOptions{})
+		sub, err := l.Subscribe(ctx, "s", at(l, 1), eventlog.SubscribeOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +193,7 @@ func TestNextContextCancel(t *testing.T) {
 		l := eventlog.New()
 		defer l.Close()
 		appendN(t, l, "s", 1)
-		sub, err := l.Subscribe(context.Background(), "s", l.Cursor(1), eventlog.SubscribeOptions{})
+		sub, err := l.Subscribe(context.Background(), "s", at(l, 1), eventlog.SubscribeOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +257,7 @@ func TestSubscribeWrongEpochContinuesFromHead(t *testing.T) {
 	}
 	defer sub.Close()
 	res, err := sub.Next(ctx)
-	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch || res.Resume != l.Cursor(5) {
+	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch || res.Resume != at(l, 5) {
 		t.Fatalf("first Next = %+v, %v", res, err)
 	}
 	appendN(t, l, "s", 1)

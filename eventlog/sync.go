@@ -52,7 +52,7 @@ func (l *Log) Sync(ctx context.Context, streams []string, fn SyncFunc) (SyncRepo
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		st, err := l.State(id)
+		st, err := l.State(ctx, id)
 		switch {
 		case errors.Is(err, ErrClosed):
 			return rep, err

@@ -82,10 +82,11 @@ func BenchmarkEventLog(b *testing.B) {
 	b.Run("replay-200/steadfast", func(b *testing.B) {
 		l := newLog()
 		defer l.Close()
+		var head eventlog.Cursor
 		for range 1000 {
-			l.Append(ctx, "s", payload)
+			head, _ = l.Append(ctx, "s", payload)
 		}
-		from := l.Cursor(1000 - replayN)
+		from := eventlog.Cursor{Epoch: head.Epoch, Seq: 1000 - replayN}
 		buf := make([]eventlog.Event, 0, replayN)
 		var sink uint64
 		b.ReportAllocs()
@@ -212,12 +213,14 @@ func BenchmarkSQLiteStore(b *testing.B) {
 	b.Run("replay-200", func(b *testing.B) {
 		l := open(b)
 		defer l.Close()
+		var head eventlog.Cursor
 		for range 1000 {
-			if _, err := l.Append(ctx, "s", payload); err != nil {
+			var err error
+			if head, err = l.Append(ctx, "s", payload); err != nil {
 				b.Fatal(err)
 			}
 		}
-		from := l.Cursor(1000 - replayN)
+		from := eventlog.Cursor{Epoch: head.Epoch, Seq: 1000 - replayN}
 		buf := make([]eventlog.Event, 0, replayN)
 		b.ReportAllocs()
 		for b.Loop() {

@@ -22,6 +22,7 @@ import (
 
 	sse "github.com/tmaxmax/go-sse"
 
+	"github.com/steadfast-go/steadfast/eventlog"
 	"github.com/steadfast-go/steadfast/examples/sse/client"
 	"github.com/steadfast-go/steadfast/examples/sse/server"
 )
@@ -207,9 +208,9 @@ func BenchmarkResume100ClientsAfterRestart(b *testing.B) {
 	// Everyone connected and caught up before the first restart.
 	mark := func(r *running) {
 		got.Add(clients)
-		h, _ := r.srv.Log().Head(id)
+		h, _ := r.srv.Log().Head(context.Background(), id)
 		mu.Lock()
-		marker = r.srv.Log().Cursor(h.Seq + 1).String()
+		marker = eventlog.Cursor{Epoch: h.Epoch, Seq: h.Seq + 1}.String()
 		mu.Unlock()
 		data, _ := json.Marshal(server.ReplyEvent{Text: "marker"})
 		if _, err := r.srv.Log().AppendEvent(context.Background(), id, server.TypeDelta, data); err != nil {

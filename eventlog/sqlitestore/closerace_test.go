@@ -49,13 +49,13 @@ func TestCloseUnderLoadDoesNotDeadlock(t *testing.T) {
 						return
 					default:
 					}
-					if _, _, err := s.Bounds(ctx, "s"); err != nil {
+					if _, err := s.Bounds(ctx, "s"); err != nil {
 						if !errors.Is(err, eventlog.ErrClosed) {
 							t.Errorf("Bounds during Close: %v, want ErrClosed", err)
 						}
 						return
 					}
-					if _, err := s.ReadAfter(ctx, "s", 0, 5, nil); err != nil && !errors.Is(err, eventlog.ErrClosed) && !errors.Is(err, eventlog.ErrCursorExpired) {
+					if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 0}, 5, nil); err != nil && !errors.Is(err, eventlog.ErrClosed) && !errors.Is(err, eventlog.ErrCursorExpired) {
 						t.Errorf("ReadAfter during Close: %v, want ErrClosed", err)
 						return
 					}

@@ -33,7 +33,7 @@ func ExampleOpen() {
 	for _, msg := range []string{"one", "two", "three"} {
 		last, _ = l.Append(ctx, "chat", []byte(msg))
 	}
-	seen := l.Cursor(1) // the client saw "one", then the server went down
+	seen := eventlog.Cursor{Epoch: last.Epoch, Seq: 1} // the client saw "one", then the server went down
 	l.Close()
 
 	// Second life: same file, same epoch, the old cursor resumes with no gap.
@@ -44,7 +44,8 @@ func ExampleOpen() {
 	}
 	l = eventlog.New(eventlog.WithStore(st))
 	defer l.Close()
-	fmt.Println("same epoch:", l.Epoch() == last.Epoch)
+	epoch, _ := l.Epoch(ctx)
+	fmt.Println("same epoch:", epoch == last.Epoch)
 	res, _ := l.Replay(ctx, "chat", seen, eventlog.DefaultGapCap)
 	for _, ev := range res.Events {
 		fmt.Println(ev.Seq, string(ev.Data))

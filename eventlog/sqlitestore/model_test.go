@@ -56,7 +56,7 @@ func TestStoreModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { m.s.Close() }()
-	m.epoch = m.s.Epoch()
+	m.epoch = epochOf(m.s)
 	ctx := context.Background()
 	run := 0
 	rapid.Check(t, func(rt *rapid.T) {
@@ -88,8 +88,8 @@ func TestStoreModel(t *testing.T) {
 					m.streams[id] = st
 				}
 				st.data = append(st.data, data)
-				if err != nil || seq != uint64(len(st.data)) {
-					rt.Fatalf("Append = %d, %v; want %d", seq, err, len(st.data))
+				if err != nil || seq.Seq != uint64(len(st.data)) || seq.Epoch != m.epoch {
+					rt.Fatalf("Append = %v, %v; want %d", seq, err, len(st.data))
 				}
 			},
 			"setState": func(rt *rapid.T) {
@@ -127,7 +127,7 @@ func TestStoreModel(t *testing.T) {
 				}
 				after := rapid.Uint64Range(0, head+1).Draw(rt, "after")
 				limit := rapid.IntRange(1, 8).Draw(rt, "limit")
-				evs, err := m.s.ReadAfter(ctx, id, after, limit, nil)
+				evs, err := m.s.ReadAfter(ctx, id, eventlog.Cursor{Seq: after}, limit, nil)
 				switch {
 				case st != nil && st.deleted:
 					if !isDeleted(err) {
@@ -193,15 +193,16 @@ func TestStoreModel(t *testing.T) {
 				if m.s, err = sqlitestore.Open(m.path, sqlitestore.WithRetention(m.ret)); err != nil {
 					rt.Fatal(err)
 				}
-				if m.s.Epoch() != m.epoch {
+				if epochOf(m.s) != m.epoch {
 					rt.Fatalf("epoch changed across restart")
 				}
 			},
 			"": func(rt *rapid.T) {
 				for _, id := range ids {
 					st := m.streams[id]
-					first, head, err := m.s.Bounds(ctx, id)
-					state, serr := m.s.State(id)
+					b, err := m.s.Bounds(ctx, id)
+					first, head := b.First, b.Head
+					state, serr := m.s.State(context.Background(), id)
 					if st != nil && st.deleted {
 						if !isDeleted(err) || !isDeleted(serr) {
 							rt.Fatalf("deleted %q: %v, %v", id, err, serr)

@@ -21,9 +21,13 @@
 // too (see eventlog.Store.Delete). Deleted ids are not cached in memory:
 // operations on an id the cache does not know look it up in that table.
 //
-// The database uses synchronous=NORMAL, the usual setting for WAL: a
-// committed append survives a crash of the process; a power loss may undo
-// the last few commits (never corrupting the file).
+// The database uses synchronous=FULL: every commit is fsynced before Append
+// returns, so an acknowledged append survives a power loss too. (With
+// NORMAL, the usual WAL setting, a power loss may undo the last commits
+// while the epoch survives, and a client's cursor would then name a seq the
+// store reassigns to another event: the one divergence an epoch cannot
+// catch. Group commit keeps the cost to one fsync per batch; bench/README
+// has the numbers.)
 //
 //	st, err := sqlitestore.Open(path, sqlitestore.WithRetention(eventlog.Retention{MaxEvents: 10000}))
 //	if err != nil { ... }           // errors.Is(err, sqlitestore.ErrCorrupt) for a damaged file
@@ -117,13 +121,15 @@ type Store struct {
 	mu      sync.RWMutex // protects streams
 	streams map[string]*info
 
+	notify atomic.Pointer[func(string)] // set by Watch
+
 	reqPool sync.Pool
 	commits atomic.Int64 // transactions committed, for tests
 	taken   atomic.Int64 // requests taken by the writer, for tests
 
 	// Used by the writer goroutine only.
-	insert, upsert, pruneCount, pruneAge, isDeleted *sql.Stmt
-	lastTS                                          map[string]int64
+	insert, upsert, pruneCount, isDeleted *sql.Stmt
+	lastTS                                map[string]int64
 }
 
 // info is the cached row of the streams table.
@@ -196,7 +202,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	}
 	// In a file: URI SQLite percent-decodes the path and ends it at '?' or
 	// '#'; escape those so that the file opened is the one named.
-	dsn := "file:" + uriPath.Replace(path) + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	dsn := "file:" + uriPath.Replace(path) + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + syncMode + ")&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
@@ -220,6 +226,9 @@ func Open(path string, opts ...Option) (*Store, error) {
 	go s.writer()
 	return s, nil
 }
+
+// syncMode is the synchronous pragma; tests of the cost of FULL set it.
+var syncMode = "FULL"
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
@@ -287,7 +296,6 @@ func (s *Store) init() error {
 	s.upsert = prep(`INSERT INTO streams (id, head, first, state) VALUES (?1, ?2, ?3, ?4)
 		ON CONFLICT (id) DO UPDATE SET head = ?2, first = ?3, state = ?4`)
 	s.pruneCount = prep(`DELETE FROM events WHERE stream = ? AND seq < ?`)
-	s.pruneAge = prep(`SELECT seq FROM events WHERE stream = ? AND ts > ? ORDER BY seq LIMIT 1`)
 	s.isDeleted = prep(`SELECT count(*) FROM deleted WHERE id = ?`)
 	if err != nil {
 		return s.classify("prepare", err)
@@ -296,7 +304,19 @@ func (s *Store) init() error {
 }
 
 // Epoch implements eventlog.Store: the epoch stored in the database.
-func (s *Store) Epoch() string { return s.epoch }
+func (s *Store) Epoch(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if s.isClosed() {
+		return "", eventlog.ErrClosed
+	}
+	return s.epoch, nil
+}
+
+// Watch implements eventlog.Store: fn is called by the writer goroutine
+// after every commit, once per stream the commit touched.
+func (s *Store) Watch(fn func(stream string)) { s.notify.Store(&fn) }
 
 // Path returns the database file name given to Open.
 func (s *Store) Path() string { return s.path }
@@ -338,9 +358,9 @@ func (s *Store) putReq(r *request) {
 // Append implements eventlog.Store. The event is committed to the database
 // before Append returns. If ctx ends while the request waits for room in
 // the writer's queue, Append returns ctx.Err() and nothing is appended.
-func (s *Store) Append(ctx context.Context, stream, typ string, data []byte) (uint64, error) {
+func (s *Store) Append(ctx context.Context, stream, typ string, data []byte) (eventlog.Cursor, error) {
 	if stream == "" {
-		return 0, eventlog.ErrEmptyStream
+		return eventlog.Cursor{}, eventlog.ErrEmptyStream
 	}
 	r := s.getReq()
 	r.kind, r.stream, r.typ, r.data = kindAppend, stream, typ, data
@@ -348,9 +368,9 @@ func (s *Store) Append(ctx context.Context, stream, typ string, data []byte) (ui
 	seq := r.seq
 	s.putReq(r)
 	if err != nil {
-		return 0, err
+		return eventlog.Cursor{}, err
 	}
-	return seq, nil
+	return eventlog.Cursor{Epoch: s.epoch, Seq: seq}, nil
 }
 
 // SetState implements eventlog.Store.
@@ -368,7 +388,10 @@ func (s *Store) SetState(ctx context.Context, stream string, st eventlog.State) 
 	return err
 }
 
-func (s *Store) lookup(stream string) (info, error) {
+func (s *Store) lookup(ctx context.Context, stream string) (info, error) {
+	if err := ctx.Err(); err != nil {
+		return info{}, err
+	}
 	if s.isClosed() {
 		return info{}, eventlog.ErrClosed
 	}
@@ -381,7 +404,7 @@ func (s *Store) lookup(stream string) (info, error) {
 	s.mu.RUnlock()
 	if !ok {
 		var n int
-		if err := s.isDeleted.QueryRowContext(context.Background(), stream).Scan(&n); err != nil {
+		if err := s.isDeleted.QueryRowContext(ctx, stream).Scan(&n); err != nil {
 			return info{}, s.readErr("lookup", err)
 		}
 		if n > 0 {
@@ -437,56 +460,74 @@ func (s *Store) readErr(op string, err error) error {
 }
 
 // State implements eventlog.Store (from the in-memory cache; no query).
-func (s *Store) State(stream string) (eventlog.State, error) {
-	in, err := s.lookup(stream)
+func (s *Store) State(ctx context.Context, stream string) (eventlog.State, error) {
+	in, err := s.lookup(ctx, stream)
 	return in.state, err
 }
 
-// first returns the oldest retained seq of a stream, honouring the
-// retention bounds exactly even where rows are not deleted yet.
-func (s *Store) first(ctx context.Context, stream string, in info) (uint64, error) {
-	first := in.first
-	if m := uint64(s.retention.MaxEvents); m > 0 && in.head >= m && in.head-m+1 > first {
-		first = in.head - m + 1
+// countFirst is the oldest seq that count retention keeps of a stream
+// whose oldest unpruned seq is first and whose head is head: the last
+// maxEvents seqs (0 means no bound). It is pure.
+func countFirst(maxEvents int, first, head uint64) uint64 {
+	if m := uint64(maxEvents); m > 0 && head >= m && head-m+1 > first {
+		return head - m + 1
 	}
-	if s.retention.MaxAge > 0 && first <= in.head {
-		var oldest sql.NullInt64
-		cutoff := time.Now().UnixNano() - int64(s.retention.MaxAge)
-		err := s.db.QueryRowContext(ctx, `SELECT seq FROM events WHERE stream = ? AND seq >= ? AND ts > ? ORDER BY seq LIMIT 1`, stream, int64(first), cutoff).Scan(&oldest)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return 0, s.readErr("bounds", err)
-		}
-		if !oldest.Valid {
-			return in.head + 1, nil
-		}
-		if uint64(oldest.Int64) > first {
-			first = uint64(oldest.Int64)
-		}
+	return first
+}
+
+// querier is what retainedFrom needs of a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// retainedFrom returns the oldest retained seq of a stream at time now,
+// honouring both retention bounds exactly, also where rows are not pruned
+// yet: the reads and the trimming in commit share it.
+func (s *Store) retainedFrom(ctx context.Context, q querier, stream string, in info, now int64) (uint64, error) {
+	first := countFirst(s.retention.MaxEvents, in.first, in.head)
+	if s.retention.MaxAge <= 0 || first > in.head {
+		return first, nil
 	}
-	return first, nil
+	var oldest sql.NullInt64
+	cutoff := now - int64(s.retention.MaxAge)
+	err := q.QueryRowContext(ctx, `SELECT seq FROM events WHERE stream = ? AND seq >= ? AND ts > ? ORDER BY seq LIMIT 1`, stream, int64(first), cutoff).Scan(&oldest)
+	switch {
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
+		return 0, s.readErr("retention", err)
+	case !oldest.Valid:
+		return in.head + 1, nil
+	}
+	return max(first, uint64(oldest.Int64)), nil
 }
 
 // Bounds implements eventlog.Store. Without age retention it runs no query.
-func (s *Store) Bounds(ctx context.Context, stream string) (first, head uint64, err error) {
-	in, err := s.lookup(stream)
+func (s *Store) Bounds(ctx context.Context, stream string) (eventlog.Bounds, error) {
+	in, err := s.lookup(ctx, stream)
 	if err != nil {
-		return 0, 0, err
+		return eventlog.Bounds{}, err
 	}
-	first, err = s.first(ctx, stream, in)
-	return first, in.head, err
+	first, err := s.retainedFrom(ctx, s.db, stream, in, time.Now().UnixNano())
+	if err != nil {
+		return eventlog.Bounds{}, err
+	}
+	return eventlog.Bounds{Epoch: s.epoch, First: first, Head: in.head}, nil
 }
 
 // ReadAfter implements eventlog.Store. The Data of each event is a fresh
 // copy owned by the caller.
-func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limit int, dst []eventlog.Event) ([]eventlog.Event, error) {
-	in, err := s.lookup(stream)
+func (s *Store) ReadAfter(ctx context.Context, stream string, from eventlog.Cursor, limit int, dst []eventlog.Event) ([]eventlog.Event, error) {
+	in, err := s.lookup(ctx, stream)
 	if err != nil {
 		return dst, err
 	}
+	if from.Epoch != "" && from.Epoch != s.epoch {
+		return dst, fmt.Errorf("%w: stream %q: cursor epoch %q, store epoch %q", eventlog.ErrWrongEpoch, stream, from.Epoch, s.epoch)
+	}
+	after := from.Seq
 	if after > in.head {
 		return dst, fmt.Errorf("%w: stream %q: cursor %d, head %d", eventlog.ErrCursorAhead, stream, after, in.head)
 	}
-	first, err := s.first(ctx, stream, in)
+	first, err := s.retainedFrom(ctx, s.db, stream, in, time.Now().UnixNano())
 	if err != nil {
 		return dst, err
 	}
@@ -515,7 +556,7 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		if uint64(seq) != want {
 			// Rows were pruned or deleted under us: the range is no
 			// longer whole.
-			return dst, s.shortRead(stream, after)
+			return dst, s.shortRead(ctx, stream, after)
 		}
 		ev.Seq = uint64(seq)
 		dst = append(dst, ev)
@@ -525,7 +566,7 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 		return dst, s.readErr("read", err)
 	}
 	if want == after+1 {
-		return dst, s.shortRead(stream, after)
+		return dst, s.shortRead(ctx, stream, after)
 	}
 	return dst, nil
 }
@@ -536,15 +577,15 @@ func (s *Store) ReadAfter(ctx context.Context, stream string, after uint64, limi
 // transaction that removes the rows, but updates the cache only after the
 // commit, so a reader in between sees the rows gone while the cache still
 // shows the stream.
-func (s *Store) shortRead(stream string, after uint64) error {
+func (s *Store) shortRead(ctx context.Context, stream string, after uint64) error {
 	var n int
-	if err := s.isDeleted.QueryRowContext(context.Background(), stream).Scan(&n); err != nil {
+	if err := s.isDeleted.QueryRowContext(ctx, stream).Scan(&n); err != nil {
 		return s.readErr("read", err)
 	}
 	if n > 0 {
 		return eventlog.DeletedError(stream)
 	}
-	if _, err := s.lookup(stream); err != nil {
+	if _, err := s.lookup(ctx, stream); err != nil {
 		return err
 	}
 	return fmt.Errorf("%w: stream %q: cursor %d", eventlog.ErrCursorExpired, stream, after)
@@ -593,41 +634,17 @@ func (s *Store) writer() {
 		}
 		clear(batch)
 	}
-	for _, st := range []*sql.Stmt{s.insert, s.upsert, s.pruneCount, s.pruneAge, s.isDeleted} {
+	for _, st := range []*sql.Stmt{s.insert, s.upsert, s.pruneCount, s.isDeleted} {
 		st.Close()
 	}
 }
 
-// commit runs one batch in one transaction and sets each request's result.
+// commit runs one batch in one transaction and sets each request's result:
+// load the rows the batch touches, decide every request (decide, pure),
+// write the decided rows, trim by retention, commit, then publish the new
+// rows to the cache and tell the watcher.
 func (s *Store) commit(batch []*request) {
-	locals := make(map[string]*local, 4)
-	var order []string
-	var tx *sql.Tx
 	ctx := context.Background()
-	get := func(id string) (*local, error) {
-		if in, ok := locals[id]; ok {
-			return in, nil
-		}
-		s.mu.RLock()
-		in, ok := s.streams[id]
-		v := local{exists: ok}
-		if ok {
-			v.info = *in
-		} else {
-			v.info = info{first: 1, state: eventlog.Created}
-		}
-		s.mu.RUnlock()
-		if !ok {
-			var n int
-			if err := tx.StmtContext(ctx, s.isDeleted).QueryRowContext(ctx, id).Scan(&n); err != nil {
-				return nil, s.classify("lookup", err)
-			}
-			v.deleted = n > 0
-		}
-		locals[id] = &v
-		order = append(order, id)
-		return &v, nil
-	}
 	fail := func(err error) {
 		for _, r := range batch {
 			if r.err == nil {
@@ -642,118 +659,175 @@ func (s *Store) commit(batch []*request) {
 		return
 	}
 	defer tx.Rollback()
-	insert := tx.StmtContext(ctx, s.insert)
-	now := time.Now().UnixNano()
-	for _, r := range batch {
-		in, err := get(r.stream)
-		if err != nil {
-			fail(err)
-			return
-		}
-		if in.deleted {
-			r.err = eventlog.DeletedError(r.stream)
-			continue
-		}
-		switch r.kind {
-		case kindDelete:
-			if !in.exists {
-				r.err = fmt.Errorf("%w: %q", eventlog.ErrUnknownStream, r.stream)
-				continue
-			}
-			for _, q := range []string{`DELETE FROM events WHERE stream = ?`, `DELETE FROM streams WHERE id = ?`, `INSERT OR IGNORE INTO deleted (id) VALUES (?)`} {
-				if _, err := tx.ExecContext(ctx, q, r.stream); err != nil {
-					fail(s.classify("delete", err))
-					return
-				}
-			}
-			in.deleted, in.exists = true, false
-		case kindState:
-			if in.state == eventlog.Ended && r.state != eventlog.Ended {
-				r.err = fmt.Errorf("%w: %q: cannot become %v", eventlog.ErrStreamEnded, r.stream, r.state)
-				continue
-			}
-			in.state = r.state
-			in.exists = true
-		case kindAppend:
-			if in.state == eventlog.Ended {
-				r.err = fmt.Errorf("%w: %q", eventlog.ErrStreamEnded, r.stream)
-				continue
-			}
-			ts := max(now, s.lastTS[r.stream]) // non-decreasing within a stream
-			s.lastTS[r.stream] = ts
-			seq := in.head + 1
-			data := r.data
-			if data == nil {
-				data = []byte{}
-			}
-			if _, err := insert.ExecContext(ctx, r.stream, int64(seq), r.typ, data, ts); err != nil {
-				fail(s.classify("insert", err))
-				return
-			}
-			in.head = seq
-			in.exists = true
-			r.seq = seq
-		}
+	rows, order, err := s.load(ctx, tx, batch)
+	if err != nil {
+		fail(err)
+		return
 	}
-	upsert := tx.StmtContext(ctx, s.upsert)
-	prune := tx.StmtContext(ctx, s.pruneCount)
-	age := tx.StmtContext(ctx, s.pruneAge)
-	for _, id := range order {
-		in := locals[id]
-		if !in.exists {
-			continue // deleted in this batch, or no request on it succeeded
-		}
-		newFirst := in.first
-		if m := uint64(s.retention.MaxEvents); m > 0 && in.head >= m && in.head-m+1 > newFirst {
-			newFirst = in.head - m + 1
-		}
-		if s.retention.MaxAge > 0 && newFirst <= in.head {
-			var oldest sql.NullInt64
-			if err := age.QueryRowContext(ctx, id, now-int64(s.retention.MaxAge)).Scan(&oldest); err != nil && !errors.Is(err, sql.ErrNoRows) {
-				fail(s.classify("prune", err))
-				return
-			}
-			switch {
-			case !oldest.Valid:
-				newFirst = in.head + 1
-			case uint64(oldest.Int64) > newFirst:
-				newFirst = uint64(oldest.Int64)
-			}
-		}
-		if newFirst > in.first {
-			if _, err := prune.ExecContext(ctx, id, int64(newFirst)); err != nil {
-				fail(s.classify("prune", err))
-				return
-			}
-			in.first = newFirst
-		}
-		if _, err := upsert.ExecContext(ctx, id, int64(in.head), int64(in.first), int64(in.state)); err != nil {
-			fail(s.classify("update stream", err))
-			return
-		}
+	now := time.Now().UnixNano()
+	writes := decide(batch, rows, s.lastTS, now)
+	if err := s.write(ctx, tx, writes); err != nil {
+		fail(err)
+		return
+	}
+	if err := s.retain(ctx, tx, rows, order, now); err != nil {
+		fail(err)
+		return
 	}
 	if err := tx.Commit(); err != nil {
 		fail(s.classify("commit", err))
 		return
 	}
 	s.commits.Add(1)
+	s.publish(rows, order)
+}
+
+// load reads the row of every stream the batch touches: the cached info,
+// and for ids the cache does not know, whether they are deleted.
+func (s *Store) load(ctx context.Context, tx *sql.Tx, batch []*request) (map[string]*local, []string, error) {
+	rows := make(map[string]*local, 4)
+	var order []string
+	isDeleted := tx.StmtContext(ctx, s.isDeleted)
+	for _, r := range batch {
+		if _, ok := rows[r.stream]; ok {
+			continue
+		}
+		s.mu.RLock()
+		in, ok := s.streams[r.stream]
+		v := local{exists: ok, info: info{first: 1, state: eventlog.Created}}
+		if ok {
+			v.info = *in
+		}
+		s.mu.RUnlock()
+		if !ok {
+			var n int
+			if err := isDeleted.QueryRowContext(ctx, r.stream).Scan(&n); err != nil {
+				return nil, nil, s.classify("lookup", err)
+			}
+			v.deleted = n > 0
+		}
+		rows[r.stream] = &v
+		order = append(order, r.stream)
+	}
+	return rows, order, nil
+}
+
+// write is one row change decided by decide.
+type write struct {
+	del    bool   // delete the stream (else insert an event)
+	stream string // the stream
+	seq    uint64 // the event's seq
+	typ    string
+	data   []byte
+	ts     int64 // the event's append time
+}
+
+// decide applies the batch's requests, in order, to rows (the streams as
+// the batch starts; updated in place), sets each request's seq or error,
+// and returns the row changes to write. It does no I/O. lastTS keeps each
+// stream's last append time, so that times never decrease within a stream.
+func decide(batch []*request, rows map[string]*local, lastTS map[string]int64, now int64) []write {
+	var ws []write
+	for _, r := range batch {
+		in := rows[r.stream]
+		switch {
+		case in.deleted:
+			r.err = eventlog.DeletedError(r.stream)
+		case r.kind == kindDelete && !in.exists:
+			r.err = fmt.Errorf("%w: %q", eventlog.ErrUnknownStream, r.stream)
+		case r.kind == kindDelete:
+			in.deleted, in.exists = true, false
+			ws = append(ws, write{del: true, stream: r.stream})
+		case r.kind == kindState && in.state == eventlog.Ended && r.state != eventlog.Ended:
+			r.err = fmt.Errorf("%w: %q: cannot become %v", eventlog.ErrStreamEnded, r.stream, r.state)
+		case r.kind == kindState:
+			in.state, in.exists = r.state, true
+		case in.state == eventlog.Ended: // an append
+			r.err = fmt.Errorf("%w: %q", eventlog.ErrStreamEnded, r.stream)
+		default:
+			ts := max(now, lastTS[r.stream])
+			lastTS[r.stream] = ts
+			in.head++
+			in.exists = true
+			r.seq = in.head
+			ws = append(ws, write{stream: r.stream, seq: in.head, typ: r.typ, data: r.data, ts: ts})
+		}
+	}
+	return ws
+}
+
+// write carries out the decided row changes in tx.
+func (s *Store) write(ctx context.Context, tx *sql.Tx, ws []write) error {
+	insert := tx.StmtContext(ctx, s.insert)
+	for _, w := range ws {
+		if w.del {
+			for _, q := range []string{`DELETE FROM events WHERE stream = ?`, `DELETE FROM streams WHERE id = ?`, `INSERT OR IGNORE INTO deleted (id) VALUES (?)`} {
+				if _, err := tx.ExecContext(ctx, q, w.stream); err != nil {
+					return s.classify("delete", err)
+				}
+			}
+			continue
+		}
+		data := w.data
+		if data == nil {
+			data = []byte{}
+		}
+		if _, err := insert.ExecContext(ctx, w.stream, int64(w.seq), w.typ, data, w.ts); err != nil {
+			return s.classify("insert", err)
+		}
+	}
+	return nil
+}
+
+// retain trims every stream of the batch to the retention bounds and writes
+// its row (head, oldest retained seq, state), in tx.
+func (s *Store) retain(ctx context.Context, tx *sql.Tx, rows map[string]*local, order []string, now int64) error {
+	upsert := tx.StmtContext(ctx, s.upsert)
+	prune := tx.StmtContext(ctx, s.pruneCount)
+	for _, id := range order {
+		in := rows[id]
+		if !in.exists {
+			continue // deleted in this batch, or no request on it succeeded
+		}
+		first, err := s.retainedFrom(ctx, tx, id, in.info, now)
+		if err != nil {
+			return err
+		}
+		if first > in.first {
+			if _, err := prune.ExecContext(ctx, id, int64(first)); err != nil {
+				return s.classify("prune", err)
+			}
+			in.first = first
+		}
+		if _, err := upsert.ExecContext(ctx, id, int64(in.head), int64(in.first), int64(in.state)); err != nil {
+			return s.classify("update stream", err)
+		}
+	}
+	return nil
+}
+
+// publish copies the committed rows into the cache and tells the watcher.
+func (s *Store) publish(rows map[string]*local, order []string) {
 	s.mu.Lock()
 	for _, id := range order {
-		lv := locals[id]
-		if lv.deleted {
+		lv := rows[id]
+		switch {
+		case lv.deleted:
 			delete(s.streams, id)
 			delete(s.lastTS, id)
-			continue
-		}
-		if !lv.exists {
-			continue
-		}
-		v := lv.info
-		if in, ok := s.streams[id]; ok {
-			*in = v
-		} else {
-			s.streams[id] = &v
+		case lv.exists:
+			v := lv.info
+			if in, ok := s.streams[id]; ok {
+				*in = v
+			} else {
+				s.streams[id] = &v
+			}
 		}
 	}
 	s.mu.Unlock()
+	if fn := s.notify.Load(); fn != nil {
+		for _, id := range order {
+			(*fn)(id)
+		}
+	}
 }

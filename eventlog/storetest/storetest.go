@@ -59,6 +59,8 @@ func Run(t *testing.T, f Factory) {
 		{"LogDeleteEndsSubscription", testLogDeleteEndsSubscription},
 		{"LogOldest", testLogOldest},
 		{"RestartKeepsDeletionsAndStreams", testRestartDeletions},
+		{"Watch", testWatch},
+		{"CursorEpochChecked", testCursorEpoch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, f) })
@@ -74,19 +76,26 @@ func open(t *testing.T, f Factory, r eventlog.Retention) eventlog.Store {
 
 func mustAppend(t *testing.T, s eventlog.Store, stream string, data string) uint64 {
 	t.Helper()
-	seq, err := s.Append(context.Background(), stream, "t", []byte(data))
+	c, err := s.Append(context.Background(), stream, "t", []byte(data))
 	if err != nil {
 		t.Fatalf("Append(%q): %v", stream, err)
 	}
-	return seq
+	if c.Epoch != epochOf(t, s) {
+		t.Fatalf("Append(%q) cursor epoch %q, store epoch %q", stream, c.Epoch, epochOf(t, s))
+	}
+	return c.Seq
 }
 
 func bounds(t *testing.T, s eventlog.Store, stream string) (uint64, uint64) {
 	t.Helper()
-	first, head, err := s.Bounds(context.Background(), stream)
+	b, err := s.Bounds(context.Background(), stream)
 	if err != nil {
 		t.Fatalf("Bounds(%q): %v", stream, err)
 	}
+	if b.Epoch != epochOf(t, s) {
+		t.Fatalf("Bounds(%q).Epoch = %q, store epoch %q", stream, b.Epoch, epochOf(t, s))
+	}
+	first, head := b.First, b.Head
 	return first, head
 }
 
@@ -94,7 +103,7 @@ func bounds(t *testing.T, s eventlog.Store, stream string) (uint64, uint64) {
 // events after..head with data "<stream>-<seq>".
 func checkRange(t *testing.T, s eventlog.Store, stream string, after, head uint64) {
 	t.Helper()
-	evs, err := s.ReadAfter(context.Background(), stream, after, -1, nil)
+	evs, err := s.ReadAfter(context.Background(), stream, eventlog.Cursor{Seq: after}, -1, nil)
 	if err != nil {
 		t.Fatalf("ReadAfter(%q, %d): %v", stream, after, err)
 	}
@@ -109,17 +118,37 @@ func checkRange(t *testing.T, s eventlog.Store, stream string, after, head uint6
 	}
 }
 
+// epochOf returns s's current epoch.
+func epochOf(t testing.TB, s eventlog.Store) string {
+	t.Helper()
+	e, err := s.Epoch(context.Background())
+	if err != nil {
+		t.Fatalf("Epoch: %v", err)
+	}
+	return e
+}
+
+// at returns the cursor of seq in l's current epoch.
+func at(t testing.TB, l *eventlog.Log, seq uint64) eventlog.Cursor {
+	t.Helper()
+	e, err := l.Epoch(context.Background())
+	if err != nil {
+		t.Fatalf("Epoch: %v", err)
+	}
+	return eventlog.Cursor{Epoch: e, Seq: seq}
+}
+
 func testEpoch(t *testing.T, f Factory) {
 	a := open(t, f, eventlog.Retention{})
 	b := open(t, f, eventlog.Retention{})
-	if !eventlog.ValidEpoch(a.Epoch()) {
-		t.Fatalf("Epoch() = %q, not a valid epoch", a.Epoch())
+	if !eventlog.ValidEpoch(epochOf(t, a)) {
+		t.Fatalf("Epoch() = %q, not a valid epoch", epochOf(t, a))
 	}
-	if a.Epoch() == b.Epoch() {
-		t.Fatalf("two new stores share epoch %q: a cursor from one would be taken as a position in the other", a.Epoch())
+	if epochOf(t, a) == epochOf(t, b) {
+		t.Fatalf("two new stores share epoch %q: a cursor from one would be taken as a position in the other", epochOf(t, a))
 	}
 	mustAppend(t, a, "s", "s-1")
-	if e := a.Epoch(); e != a.Epoch() || !eventlog.ValidEpoch(e) {
+	if e := epochOf(t, a); e != epochOf(t, a) || !eventlog.ValidEpoch(e) {
 		t.Fatalf("epoch changed during the store's life")
 	}
 }
@@ -140,7 +169,7 @@ func testPerStreamSeq(t *testing.T, f Factory) {
 			t.Fatalf("Bounds(%q) = %d, %d; want 1, %d", stream, first, h, head)
 		}
 		checkRange(t, s, stream, 0, head)
-		if st, err := s.State(stream); err != nil || st != eventlog.Created {
+		if st, err := s.State(context.Background(), stream); err != nil || st != eventlog.Created {
 			t.Fatalf("State(%q) = %v, %v; want created", stream, st, err)
 		}
 	}
@@ -152,35 +181,35 @@ func testReadAfter(t *testing.T, f Factory) {
 	for i := 1; i <= 10; i++ {
 		mustAppend(t, s, "s", fmt.Sprintf("s-%d", i))
 	}
-	evs, err := s.ReadAfter(ctx, "s", 3, 4, nil)
+	evs, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 3}, 4, nil)
 	if err != nil || len(evs) != 4 || evs[0].Seq != 4 || evs[3].Seq != 7 {
 		t.Fatalf("ReadAfter(3, limit 4) = %v, %v; want seqs 4..7", evs, err)
 	}
 	dst := make([]eventlog.Event, 1, 16)
 	dst[0].Seq = 99
-	evs, err = s.ReadAfter(ctx, "s", 8, 100, dst)
+	evs, err = s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 8}, 100, dst)
 	if err != nil || len(evs) != 3 || evs[0].Seq != 99 || evs[1].Seq != 9 || evs[2].Seq != 10 {
 		t.Fatalf("ReadAfter appends to dst: got %v, %v", evs, err)
 	}
-	if evs, err := s.ReadAfter(ctx, "s", 10, 5, nil); err != nil || len(evs) != 0 {
+	if evs, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 10}, 5, nil); err != nil || len(evs) != 0 {
 		t.Fatalf("ReadAfter(head) = %v, %v; want nothing", evs, err)
 	}
-	if _, err := s.ReadAfter(ctx, "s", 11, 5, nil); !errors.Is(err, eventlog.ErrCursorAhead) {
+	if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 11}, 5, nil); !errors.Is(err, eventlog.ErrCursorAhead) {
 		t.Fatalf("ReadAfter(head+1) err = %v, want ErrCursorAhead", err)
 	}
-	if _, err := s.ReadAfter(ctx, "nope", 0, 5, nil); !errors.Is(err, eventlog.ErrUnknownStream) {
+	if _, err := s.ReadAfter(ctx, "nope", eventlog.Cursor{Seq: 0}, 5, nil); !errors.Is(err, eventlog.ErrUnknownStream) {
 		t.Fatalf("ReadAfter(unknown) err = %v, want ErrUnknownStream", err)
 	}
-	if _, _, err := s.Bounds(ctx, "nope"); !errors.Is(err, eventlog.ErrUnknownStream) {
+	if _, err := s.Bounds(ctx, "nope"); !errors.Is(err, eventlog.ErrUnknownStream) {
 		t.Fatalf("Bounds(unknown) err = %v, want ErrUnknownStream", err)
 	}
-	if _, err := s.State("nope"); !errors.Is(err, eventlog.ErrUnknownStream) {
+	if _, err := s.State(context.Background(), "nope"); !errors.Is(err, eventlog.ErrUnknownStream) {
 		t.Fatalf("State(unknown) err = %v, want ErrUnknownStream", err)
 	}
-	if seq, err := s.Append(ctx, "empty", "", nil); err != nil || seq != 1 {
-		t.Fatalf("Append(nil data) = %d, %v", seq, err)
+	if seq, err := s.Append(ctx, "empty", "", nil); err != nil || seq.Seq != 1 {
+		t.Fatalf("Append(nil data) = %v, %v", seq, err)
 	}
-	if evs, err := s.ReadAfter(ctx, "empty", 0, 1, nil); err != nil || len(evs) != 1 || len(evs[0].Data) != 0 || evs[0].Type != "" {
+	if evs, err := s.ReadAfter(ctx, "empty", eventlog.Cursor{Seq: 0}, 1, nil); err != nil || len(evs) != 1 || len(evs[0].Data) != 0 || evs[0].Type != "" {
 		t.Fatalf("ReadAfter(empty event) = %v, %v", evs, err)
 	}
 }
@@ -204,7 +233,7 @@ func testStates(t *testing.T, f Factory) {
 		if err := s.SetState(ctx, "s", st); err != nil {
 			t.Fatalf("SetState(%v): %v", st, err)
 		}
-		if got, err := s.State("s"); err != nil || got != st {
+		if got, err := s.State(context.Background(), "s"); err != nil || got != st {
 			t.Fatalf("State = %v, %v; want %v", got, err, st)
 		}
 	}
@@ -255,10 +284,10 @@ func testCountRetention(t *testing.T, f Factory) {
 		}
 	}
 	checkRange(t, s, "s", 7, 12)
-	if _, err := s.ReadAfter(ctx, "s", 6, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
+	if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 6}, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
 		t.Fatalf("ReadAfter(evicted) err = %v, want ErrCursorExpired", err)
 	}
-	if _, err := s.ReadAfter(ctx, "s", 0, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
+	if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 0}, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
 		t.Fatalf("ReadAfter(0) after eviction err = %v, want ErrCursorExpired", err)
 	}
 	// Other streams have their own bound.
@@ -284,7 +313,7 @@ func testAgeRetention(t *testing.T, f Factory) {
 		if first, head := bounds(t, s, "s"); first != 4 || head != 5 {
 			t.Fatalf("at 61s Bounds = %d, %d; want 4, 5", first, head)
 		}
-		if _, err := s.ReadAfter(context.Background(), "s", 2, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
+		if _, err := s.ReadAfter(context.Background(), "s", eventlog.Cursor{Seq: 2}, 10, nil); !errors.Is(err, eventlog.ErrCursorExpired) {
 			t.Fatalf("ReadAfter(expired) err = %v, want ErrCursorExpired", err)
 		}
 		checkRange(t, s, "s", 3, 5)
@@ -292,7 +321,7 @@ func testAgeRetention(t *testing.T, f Factory) {
 		if first, head := bounds(t, s, "s"); first != 6 || head != 5 {
 			t.Fatalf("at 91s Bounds = %d, %d; want 6, 5 (all expired)", first, head)
 		}
-		if evs, err := s.ReadAfter(context.Background(), "s", 5, 10, nil); err != nil || len(evs) != 0 {
+		if evs, err := s.ReadAfter(context.Background(), "s", eventlog.Cursor{Seq: 5}, 10, nil); err != nil || len(evs) != 0 {
 			t.Fatalf("ReadAfter(head) with all expired = %v, %v; want nothing", evs, err)
 		}
 		if seq := mustAppend(t, s, "s", "s-6"); seq != 6 {
@@ -319,7 +348,7 @@ func testConcurrentAppends(t *testing.T, f Factory) {
 					return
 				}
 				mu.Lock()
-				got[stream] = append(got[stream], seq)
+				got[stream] = append(got[stream], seq.Seq)
 				mu.Unlock()
 			}
 		})
@@ -334,7 +363,7 @@ func testConcurrentAppends(t *testing.T, f Factory) {
 				t.Fatalf("stream %q: seqs are not exactly 1..%d: position %d has %d", stream, len(seqs), i, seq)
 			}
 		}
-		evs, err := s.ReadAfter(context.Background(), stream, 0, -1, nil)
+		evs, err := s.ReadAfter(context.Background(), stream, eventlog.Cursor{Seq: 0}, -1, nil)
 		if err != nil || len(evs) != len(seqs) {
 			t.Fatalf("ReadAfter(%q) = %d events, %v; want %d", stream, len(evs), err, len(seqs))
 		}
@@ -357,7 +386,7 @@ func testCanceledContext(t *testing.T, f Factory) {
 	if _, err := s.Append(ctx, "s", "", []byte("x")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Append(canceled) err = %v, want context.Canceled", err)
 	}
-	if _, err := s.State("s"); !errors.Is(err, eventlog.ErrUnknownStream) {
+	if _, err := s.State(context.Background(), "s"); !errors.Is(err, eventlog.ErrUnknownStream) {
 		t.Fatalf("a canceled Append created the stream: State err = %v", err)
 	}
 }
@@ -375,13 +404,13 @@ func testClosed(t *testing.T, f Factory) {
 	if _, err := s.Append(ctx, "s", "", nil); !errors.Is(err, eventlog.ErrClosed) {
 		t.Errorf("Append after Close err = %v", err)
 	}
-	if _, err := s.ReadAfter(ctx, "s", 0, 1, nil); !errors.Is(err, eventlog.ErrClosed) {
+	if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Seq: 0}, 1, nil); !errors.Is(err, eventlog.ErrClosed) {
 		t.Errorf("ReadAfter after Close err = %v", err)
 	}
-	if _, _, err := s.Bounds(ctx, "s"); !errors.Is(err, eventlog.ErrClosed) {
+	if _, err := s.Bounds(ctx, "s"); !errors.Is(err, eventlog.ErrClosed) {
 		t.Errorf("Bounds after Close err = %v", err)
 	}
-	if _, err := s.State("s"); !errors.Is(err, eventlog.ErrClosed) {
+	if _, err := s.State(context.Background(), "s"); !errors.Is(err, eventlog.ErrClosed) {
 		t.Errorf("State after Close err = %v", err)
 	}
 	if err := s.SetState(ctx, "s", eventlog.Active); !errors.Is(err, eventlog.ErrClosed) {
@@ -404,23 +433,23 @@ func testLogReplay(t *testing.T, f Factory) {
 			t.Fatal(err)
 		}
 	}
-	res, err := l.Replay(ctx, "s", l.Cursor(240), 0)
-	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 10 || res.Events[0].Seq != 241 || res.Resume != l.Cursor(250) {
+	res, err := l.Replay(ctx, "s", at(t, l, 240), 0)
+	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 10 || res.Events[0].Seq != 241 || res.Resume != at(t, l, 250) {
 		t.Fatalf("Replay(240) = %+v, %v", res.Outcome, err)
 	}
-	res, err = l.Replay(ctx, "s", l.Cursor(250), 0)
+	res, err = l.Replay(ctx, "s", at(t, l, 250), 0)
 	if err != nil || res.Outcome != eventlog.Events || len(res.Events) != 0 {
 		t.Fatalf("Replay(head) = %v with %d events, %v; want nothing", res.Outcome, len(res.Events), err)
 	}
-	res, err = l.Replay(ctx, "s", l.Cursor(10), 0)
-	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 240 || res.Resume != l.Cursor(250) {
+	res, err = l.Replay(ctx, "s", at(t, l, 10), 0)
+	if err != nil || res.Outcome != eventlog.SkippedToHead || res.Gap != 240 || res.Resume != at(t, l, 250) {
 		t.Fatalf("Replay(10) = %+v, %v; want SkippedToHead gap 240", res, err)
 	}
 	res, err = l.Replay(ctx, "s", eventlog.Cursor{Epoch: "other", Seq: 240}, 0)
 	if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch {
 		t.Fatalf("Replay(other epoch) = %+v, %v; want Unrecoverable/WrongEpoch", res, err)
 	}
-	if _, err := l.Replay(ctx, "s", l.Cursor(251), 0); !errors.Is(err, eventlog.ErrCursorAhead) {
+	if _, err := l.Replay(ctx, "s", at(t, l, 251), 0); !errors.Is(err, eventlog.ErrCursorAhead) {
 		t.Fatalf("Replay(head+1) err = %v, want ErrCursorAhead", err)
 	}
 }
@@ -434,7 +463,7 @@ func testLogSubscribe(t *testing.T, f Factory) {
 			t.Fatal(err)
 		}
 	}
-	sub, err := l.Subscribe(ctx, "s", l.Cursor(2), eventlog.SubscribeOptions{})
+	sub, err := l.Subscribe(ctx, "s", at(t, l, 2), eventlog.SubscribeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,16 +520,16 @@ func testRestart(t *testing.T, f Factory) {
 	if err := s.SetState(ctx, "b", eventlog.Ended); err != nil {
 		t.Fatal(err)
 	}
-	epoch := s.Epoch()
+	epoch := epochOf(t, s)
 	s = f.Reopen(t, s, r)
 	defer s.Close()
-	if s.Epoch() != epoch {
-		t.Fatalf("epoch changed across restart: %q -> %q; every cursor would be rejected", epoch, s.Epoch())
+	if epochOf(t, s) != epoch {
+		t.Fatalf("epoch changed across restart: %q -> %q; every cursor would be rejected", epoch, epochOf(t, s))
 	}
 	if first, head := bounds(t, s, "a"); first != 1 || head != 30 {
 		t.Fatalf("after restart Bounds(a) = %d, %d; want 1, 30", first, head)
 	}
-	if st, err := s.State("a"); err != nil || st != eventlog.Active {
+	if st, err := s.State(context.Background(), "a"); err != nil || st != eventlog.Active {
 		t.Fatalf("after restart State(a) = %v, %v", st, err)
 	}
 	if _, err := s.Append(ctx, "b", "", nil); !errors.Is(err, eventlog.ErrStreamEnded) {
@@ -533,19 +562,19 @@ func isDeleted(err error) bool {
 func checkDeleted(t *testing.T, s eventlog.Store, stream string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, err := s.Bounds(ctx, stream); !isDeleted(err) {
+	if _, err := s.Bounds(ctx, stream); !isDeleted(err) {
 		t.Fatalf("Bounds(deleted %q) err = %v, want ErrStreamDeleted and ErrUnknownStream", stream, err)
 	}
-	if _, err := s.ReadAfter(ctx, stream, 0, -1, nil); !isDeleted(err) {
+	if _, err := s.ReadAfter(ctx, stream, eventlog.Cursor{Seq: 0}, -1, nil); !isDeleted(err) {
 		t.Fatalf("ReadAfter(deleted %q) err = %v", stream, err)
 	}
-	if _, err := s.State(stream); !isDeleted(err) {
+	if _, err := s.State(context.Background(), stream); !isDeleted(err) {
 		t.Fatalf("State(deleted %q) err = %v", stream, err)
 	}
 	// Recreating the id would restart its seqs at 1 under the same epoch,
 	// and a cursor from the deleted stream would look valid in the new one.
 	if seq, err := s.Append(ctx, stream, "t", []byte("again")); !isDeleted(err) {
-		t.Fatalf("Append(deleted %q) = %d, %v; the id must not be recreated", stream, seq, err)
+		t.Fatalf("Append(deleted %q) = %v, %v; the id must not be recreated", stream, seq, err)
 	}
 	if err := s.SetState(ctx, stream, eventlog.Created); !isDeleted(err) {
 		t.Fatalf("SetState(deleted %q) err = %v; the id must not be recreated", stream, err)
@@ -582,7 +611,7 @@ func testDelete(t *testing.T, f Factory) {
 	if err := s.Delete(ctx, "never"); !errors.Is(err, eventlog.ErrUnknownStream) || errors.Is(err, eventlog.ErrStreamDeleted) {
 		t.Fatalf("Delete(never existed) err = %v, want ErrUnknownStream only", err)
 	}
-	if _, err := s.State("never"); errors.Is(err, eventlog.ErrStreamDeleted) {
+	if _, err := s.State(context.Background(), "never"); errors.Is(err, eventlog.ErrStreamDeleted) {
 		t.Fatalf("State(never existed) says deleted: %v", err)
 	}
 	// Other streams are untouched, and a stream in any state (here one with
@@ -618,7 +647,7 @@ func testDeleteConcurrent(t *testing.T, f Factory) {
 	for range 2 {
 		wg.Go(func() {
 			for range 1000 {
-				evs, err := s.ReadAfter(ctx, "x", 0, -1, nil)
+				evs, err := s.ReadAfter(ctx, "x", eventlog.Cursor{Seq: 0}, -1, nil)
 				if isDeleted(err) {
 					return
 				}
@@ -706,7 +735,7 @@ func testLogDeleteEndsSubscription(t *testing.T, f Factory) {
 	if res, err := sub.Next(ctx); err != nil || len(res.Events) != 3 {
 		t.Fatalf("replay = %v, %v", res.Outcome, err)
 	}
-	old := l.Cursor(3)
+	old := at(t, l, 3)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := sub.Next(ctx) // blocks: nothing new
@@ -739,7 +768,7 @@ func testLogDeleteEndsSubscription(t *testing.T, f Factory) {
 	if _, err := l.Replay(ctx, "s", old, 0); !isDeleted(err) {
 		t.Fatalf("Replay(old cursor of a deleted stream) err = %v", err)
 	}
-	if _, err := l.Head("s"); !isDeleted(err) {
+	if _, err := l.Head(context.Background(), "s"); !isDeleted(err) {
 		t.Fatalf("Head(deleted) err = %v", err)
 	}
 	if err := l.Delete(ctx, ""); !errors.Is(err, eventlog.ErrEmptyStream) {
@@ -770,11 +799,11 @@ func testLogOldest(t *testing.T, f Factory) {
 			t.Fatalf("after %d appends Oldest = %d, %v; want %d", i, o, err, want)
 		}
 		// What Oldest promises is readable, and nothing before it.
-		if evs, err := l.ReadAfter(ctx, "s", o-1, 100); err != nil || len(evs) != i-int(o)+1 {
+		if evs, err := l.ReadAfter(ctx, "s", eventlog.Cursor{Seq: o - 1}, 100); err != nil || len(evs) != i-int(o)+1 {
 			t.Fatalf("ReadAfter(Oldest-1) = %d events, %v", len(evs), err)
 		}
 		if o > 1 {
-			if _, err := l.ReadAfter(ctx, "s", o-2, 100); !errors.Is(err, eventlog.ErrCursorExpired) {
+			if _, err := l.ReadAfter(ctx, "s", eventlog.Cursor{Seq: o - 2}, 100); !errors.Is(err, eventlog.ErrCursorExpired) {
 				t.Fatalf("ReadAfter(Oldest-2) err = %v, want ErrCursorExpired", err)
 			}
 		}
@@ -816,4 +845,63 @@ func testRestartDeletions(t *testing.T, f Factory) {
 
 func si(id string, st eventlog.State) eventlog.StreamInfo {
 	return eventlog.StreamInfo{ID: id, State: st}
+}
+
+// testWatch: every committed change is told to the watcher, by stream id
+// (or "" for "re-read everything").
+func testWatch(t *testing.T, f Factory) {
+	s := open(t, f, eventlog.Retention{})
+	ctx := context.Background()
+	told := make(chan string, 64)
+	s.Watch(func(stream string) {
+		select {
+		case told <- stream:
+		default: // the test drains; a full channel already holds news
+		}
+	})
+	// A shared store may tell asynchronously: wait a bounded time.
+	waitTold := func(what, stream string) {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case got := <-told:
+				if got == stream || got == "" {
+					for len(told) > 0 {
+						<-told
+					}
+					return
+				}
+			case <-timeout:
+				t.Fatalf("%s of %q committed but the watcher was not told within 10s", what, stream)
+			}
+		}
+	}
+	mustAppend(t, s, "w", "w-1")
+	waitTold("Append", "w")
+	if err := s.SetState(ctx, "w", eventlog.Active); err != nil {
+		t.Fatal(err)
+	}
+	waitTold("SetState", "w")
+	if err := s.Delete(ctx, "w"); err != nil {
+		t.Fatal(err)
+	}
+	waitTold("Delete", "w")
+}
+
+// testCursorEpoch: a read with a cursor of another epoch is refused, never
+// answered from this store's history.
+func testCursorEpoch(t *testing.T, f Factory) {
+	s := open(t, f, eventlog.Retention{})
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		mustAppend(t, s, "s", fmt.Sprintf("s-%d", i))
+	}
+	if _, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Epoch: "0therepoch", Seq: 1}, -1, nil); !errors.Is(err, eventlog.ErrWrongEpoch) {
+		t.Fatalf("ReadAfter(cursor of another epoch) err = %v, want ErrWrongEpoch", err)
+	}
+	evs, err := s.ReadAfter(ctx, "s", eventlog.Cursor{Epoch: epochOf(t, s), Seq: 1}, -1, nil)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("ReadAfter(cursor of this epoch) = %d events, %v", len(evs), err)
+	}
 }

@@ -289,7 +289,7 @@ func TestIncidentOnlySyncableSessionsAreSynced(t *testing.T) {
 	if len(rep.Failed) != 0 || len(rep.Unknown) != 0 {
 		t.Fatalf("report %+v", rep)
 	}
-	st, err := r.srv.Log().State(active)
+	st, err := r.srv.Log().State(t.Context(), active)
 	if err != nil || st != eventlog.Detached {
 		t.Fatalf("idle active session: %v %v, want detached", st, err)
 	}

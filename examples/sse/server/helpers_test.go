@@ -182,8 +182,12 @@ func serverEvents(t *testing.T, l *eventlog.Log, id string) []client.Event {
 	t.Helper()
 	var out []client.Event
 	var after uint64
+	epoch, err := l.Epoch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for {
-		evs, err := l.ReadAfter(context.Background(), id, after, 1000)
+		evs, err := l.ReadAfter(context.Background(), id, eventlog.Cursor{Epoch: epoch, Seq: after}, 1000)
 		if err != nil && !errors.Is(err, eventlog.ErrCursorAhead) {
 			t.Fatal(err)
 		}
@@ -191,7 +195,7 @@ func serverEvents(t *testing.T, l *eventlog.Log, id string) []client.Event {
 			return out
 		}
 		for _, ev := range evs {
-			out = append(out, client.Event{ID: l.Cursor(ev.Seq).String(), Type: ev.Type, Data: append([]byte(nil), ev.Data...)})
+			out = append(out, client.Event{ID: eventlog.Cursor{Epoch: epoch, Seq: ev.Seq}.String(), Type: ev.Type, Data: append([]byte(nil), ev.Data...)})
 			after = ev.Seq
 		}
 	}
@@ -199,7 +203,7 @@ func serverEvents(t *testing.T, l *eventlog.Log, id string) []client.Event {
 
 func head(t *testing.T, l *eventlog.Log, id string) string {
 	t.Helper()
-	h, err := l.Head(id)
+	h, err := l.Head(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,3 +239,12 @@ type constBackOff time.Duration
 
 func (b constBackOff) NextBackOff() time.Duration { return time.Duration(b) }
 func (constBackOff) Reset()                       {}
+
+// at returns the cursor of seq in l's current epoch.
+func at(l *eventlog.Log, seq uint64) eventlog.Cursor {
+	epoch, err := l.Epoch(context.Background())
+	if err != nil {
+		panic(err)
+	}
+	return eventlog.Cursor{Epoch: epoch, Seq: seq}
+}

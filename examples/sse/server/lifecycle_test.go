@@ -76,7 +76,7 @@ func TestSyncAfterRestartCoversUntouchedSessions(t *testing.T) {
 		t.Fatalf("first round after restart = %+v; want synced %v, skipped [%s]", rep, want, ended)
 	}
 	// The round acted on the untouched active session: idle, so detached.
-	if st, err := r2.srv.Log().State(active); err != nil || st != eventlog.Detached {
+	if st, err := r2.srv.Log().State(t.Context(), active); err != nil || st != eventlog.Detached {
 		t.Fatalf("untouched idle session after the round: %v, %v; want detached", st, err)
 	}
 	rep, err = r2.srv.SyncOnce(t.Context())
@@ -106,7 +106,7 @@ func TestDeleteSession(t *testing.T) {
 	}
 	tr.waitFor(t, "the end event", func(evs []client.Event) bool { return countTyped(evs, server.TypeEnd) == 1 })
 	l := r.srv.Log()
-	if _, err := l.Head(id); !errors.Is(err, eventlog.ErrStreamDeleted) {
+	if _, err := l.Head(t.Context(), id); !errors.Is(err, eventlog.ErrStreamDeleted) {
 		t.Fatalf("Head(deleted session) err = %v", err)
 	}
 	infos, err := l.Streams(t.Context(), nil)
@@ -177,7 +177,7 @@ func TestEndedSessionsDeletedAfterRetention(t *testing.T) {
 		if code, body := do("GET", "/sessions/"+kept); code != 200 || body["state"] != "created" {
 			t.Fatalf("a session that did not end: %d %v", code, body)
 		}
-		if _, err := srv.Log().State(ended); !errors.Is(err, eventlog.ErrStreamDeleted) {
+		if _, err := srv.Log().State(t.Context(), ended); !errors.Is(err, eventlog.ErrStreamDeleted) {
 			t.Fatalf("log State(expired session) err = %v", err)
 		}
 	})
@@ -214,8 +214,8 @@ func TestHistoryStopsAtOldestRetained(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("page %d: %d %v", page, resp.StatusCode, err)
 		}
-		if hr.Oldest != l.Cursor(71).String() {
-			t.Fatalf("oldest = %q, want %s", hr.Oldest, l.Cursor(71))
+		if hr.Oldest != at(l, 71).String() {
+			t.Fatalf("oldest = %q, want %s", hr.Oldest, at(l, 71))
 		}
 		got = append(hr.Events, got...)
 		if !hr.More {
@@ -229,7 +229,7 @@ func TestHistoryStopsAtOldestRetained(t *testing.T) {
 		}
 		before = hr.Events[0].ID
 	}
-	if len(got) != 30 || got[0].ID != l.Cursor(71).String() || got[29].ID != l.Cursor(100).String() {
+	if len(got) != 30 || got[0].ID != at(l, 71).String() || got[29].ID != at(l, 100).String() {
 		t.Fatalf("history = %d events from %s to %s; want exactly 71..100", len(got), got[0].ID, got[len(got)-1].ID)
 	}
 	if res := call(t, hc, "GET", r.url+"/sessions/"+id+"/history?before=50", ""); res.code != http.StatusGone {

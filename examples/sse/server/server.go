@@ -173,7 +173,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SyncInterval > 0 {
 		s.wg.Go(s.syncLoop)
 	}
-	lg.Info("event log opened", "db", cfg.DBPath, "epoch", l.Epoch())
+	epoch, _ := l.Epoch(context.Background())
+	lg.Info("event log opened", "db", cfg.DBPath, "epoch", epoch)
 	return s, nil
 }
 

@@ -127,7 +127,7 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	if sess != nil {
 		return sess, nil
 	}
-	st, err := s.log.State(id)
+	st, err := s.log.State(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +145,7 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	s.mu.Unlock()
 	// A DELETE may have removed the stream while it was being loaded: do
 	// not keep a session for it.
-	if _, err := s.log.State(id); err != nil {
+	if _, err := s.log.State(ctx, id); err != nil {
 		s.forget(id)
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
 	}
 	after := oldest - 1
 	for {
-		evs, err := s.log.ReadAfterInto(ctx, sess.id, after, 1000, buf)
+		evs, err := s.log.ReadAfterInto(ctx, sess.id, eventlog.Cursor{Seq: after}, 1000, buf)
 		if errors.Is(err, eventlog.ErrCursorExpired) {
 			// Retention moved on while we read: continue from its new start.
 			if oldest, err = s.log.Oldest(ctx, sess.id); err != nil {
@@ -255,12 +255,19 @@ type sessionInfo struct {
 	Head  string `json:"head"`
 }
 
-func (s *Server) info(id string) (sessionInfo, error) {
-	st, err := s.log.State(id)
+// cursor pairs seq with the log's current epoch (the zero epoch if the log
+// cannot tell).
+func (s *Server) cursor(ctx context.Context, seq uint64) eventlog.Cursor {
+	epoch, _ := s.log.Epoch(ctx)
+	return eventlog.Cursor{Epoch: epoch, Seq: seq}
+}
+
+func (s *Server) info(ctx context.Context, id string) (sessionInfo, error) {
+	st, err := s.log.State(ctx, id)
 	if err != nil {
 		return sessionInfo{}, err
 	}
-	h, err := s.log.Head(id)
+	h, err := s.log.Head(ctx, id)
 	if err != nil {
 		return sessionInfo{}, err
 	}
@@ -287,7 +294,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.sessions[id] = sess
 	s.mu.Unlock()
-	inf, err := s.info(id)
+	inf, err := s.info(r.Context(), id)
 	if err != nil {
 		s.internalError(w, "create session", id, err)
 		return
@@ -310,7 +317,7 @@ func (s *Server) internalError(w http.ResponseWriter, op, id string, err error) 
 }
 
 func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request, sess *session) {
-	inf, err := s.info(sess.id)
+	inf, err := s.info(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "session info", sess.id, err)
 		return
@@ -359,10 +366,10 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	defer sess.mu.Unlock()
 	if seq, ok := sess.keys[req.IdempotencyKey]; ok {
-		writeJSON(w, http.StatusOK, SendResponse{Status: "duplicate", ID: s.log.Cursor(seq).String()})
+		writeJSON(w, http.StatusOK, SendResponse{Status: "duplicate", ID: s.cursor(r.Context(), seq).String()})
 		return
 	}
-	st, err := s.log.State(sess.id)
+	st, err := s.log.State(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
 		return
@@ -548,7 +555,7 @@ func (s *Server) stop(ctx context.Context, sess *session) (ControlResponse, erro
 	if err := sess.mu.LockCtx(ctx); err != nil {
 		return ControlResponse{}, err
 	}
-	st, err := s.log.State(sess.id)
+	st, err := s.log.State(ctx, sess.id)
 	if err != nil {
 		sess.mu.Unlock()
 		return ControlResponse{}, err
@@ -640,7 +647,7 @@ func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, sess *s
 		return
 	}
 	defer sess.mu.Unlock()
-	st, err := s.log.State(sess.id)
+	st, err := s.log.State(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "interrupt", sess.id, err)
 		return
@@ -689,7 +696,7 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 		}
 		limit = n
 	}
-	head, err := s.log.Head(sess.id)
+	head, err := s.log.Head(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "history", sess.id, err)
 		return
@@ -704,7 +711,7 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 				writeError(w, http.StatusBadRequest, "bad before: want a cursor <epoch>:<seq> or a seq")
 				return
 			}
-			if !c.IsZero() && c.Epoch != s.log.Epoch() {
+			if !c.IsZero() && c.Epoch != head.Epoch {
 				writeJSON(w, http.StatusConflict, errorBody{Error: "cursor from another epoch: reload"})
 				return
 			}
@@ -735,12 +742,12 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 	resp := HistoryResponse{
 		Events:    []HistoryEvent{},
 		More:      after >= oldest,
-		Oldest:    s.log.Cursor(oldest).String(),
+		Oldest:    eventlog.Cursor{Epoch: head.Epoch, Seq: oldest}.String(),
 		Truncated: after < oldest && oldest > 1,
 	}
 	n := int(before - 1 - after)
 	if n > 0 {
-		evs, err := s.log.ReadAfter(r.Context(), sess.id, after, n)
+		evs, err := s.log.ReadAfter(r.Context(), sess.id, eventlog.Cursor{Epoch: head.Epoch, Seq: after}, n)
 		if errors.Is(err, eventlog.ErrCursorExpired) {
 			// Retention moved on since Oldest: the client asks again.
 			writeError(w, http.StatusGone, "that history is no longer retained")
@@ -751,7 +758,7 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 			return
 		}
 		for _, ev := range evs {
-			resp.Events = append(resp.Events, HistoryEvent{ID: s.log.Cursor(ev.Seq).String(), Type: ev.Type, Data: json.RawMessage(ev.Data)})
+			resp.Events = append(resp.Events, HistoryEvent{ID: eventlog.Cursor{Epoch: head.Epoch, Seq: ev.Seq}.String(), Type: ev.Type, Data: json.RawMessage(ev.Data)})
 		}
 	}
 	writeJSON(w, http.StatusOK, resp)

@@ -69,7 +69,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, sess *sess
 		// send": the client is told to reset and continues from head.
 		ahead = true
 		var head eventlog.Cursor
-		if head, err = s.log.Head(sess.id); err == nil {
+		if head, err = s.log.Head(ctx, sess.id); err == nil {
 			sub, err = s.log.Subscribe(ctx, sess.id, head, opts)
 		}
 	}
@@ -98,13 +98,13 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, sess *sess
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	st := &sseWriter{w: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout, epoch: s.log.Epoch()}
+	st := &sseWriter{w: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout, epoch: s.cursor(ctx, 0).Epoch}
 	st.buf = append(st.buf, "retry: "...)
 	st.buf = strconv.AppendInt(st.buf, s.cfg.RetryHint.Milliseconds(), 10)
 	st.buf = append(st.buf, '\n', '\n')
 	st.buf = wire.AppendComment(st.buf, "session "+sess.id)
 	if ahead {
-		head, _ := s.log.Head(sess.id)
+		head, _ := s.log.Head(ctx, sess.id)
 		st.control(TypeReset, head, ResetEvent{Reason: "cursor-ahead", Head: head.String(), History: s.historyURL(sess.id, head)})
 	}
 	if err := st.flush(); err != nil {

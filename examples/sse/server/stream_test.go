@@ -161,7 +161,7 @@ func TestSlowClientCutOffWithReason(t *testing.T) {
 	}()
 	l := srv.Log()
 	// Wait until the stream delivered the first event, then stop reading.
-	first, _ := l.Head(id)
+	first, _ := l.Head(t.Context(), id)
 	w.waitFor(t, "id: "+first.String()+"\n")
 	w.mu.Lock()
 	w.block = true
@@ -201,7 +201,7 @@ func TestSlowClientCutOffWithReason(t *testing.T) {
 	}
 	c, _ := eventlog.ParseCursor(co.Resume)
 	res, err := l.Replay(context.Background(), id, c, 1000)
-	h, _ := l.Head(id)
+	h, _ := l.Head(t.Context(), id)
 	if err != nil || res.Outcome != eventlog.Events || uint64(len(res.Events)) != h.Seq-c.Seq {
 		t.Fatalf("resume from the cutoff: %+v %v", res.Outcome, err)
 	}
