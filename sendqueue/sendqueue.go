@@ -342,7 +342,7 @@ func pickVictims(n, capacity int, bytes, maxBytes int64, size int, sending bool,
 	if maxBytes > 0 {
 		needB = bytes + int64(size) - maxBytes
 	}
-	var victims []int
+	victims := []int{} // not nil: nil means "impossible"
 	for i := 0; i < n && (needN > 0 || needB > 0); i++ {
 		policy, sz := item(i)
 		if (i == 0 && sending) || policy != Retry {

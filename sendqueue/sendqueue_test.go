@@ -947,3 +947,209 @@ func TestBadClassifierResults(t *testing.T) {
 		mustClose(t, q)
 	})
 }
+
+// The user-visible order of a failure: the report callback runs first, and
+// the ticket settles only after it has returned, so a goroutine that waits
+// on the ticket and then looks at what the report recorded always finds
+// it. (TestMaxAttempts once saw "reports []" after Wait returned, about one
+// run in six, because the ticket settled before the report ran.)
+func TestIncident_TicketSettledBeforeReport(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var reps reportLog
+		q := New(func(context.Context, Item[string]) error { return &HTTPError{StatusCode: 400} },
+			WithReport(func(r Report[string]) {
+				<-release
+				reps.add(r)
+			}))
+		tk := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // the report callback is blocked
+		if st := tk.Status(); st != Pending {
+			t.Fatalf("ticket %v while its report is still running", st)
+		}
+		select {
+		case <-tk.Done():
+			t.Fatal("Done closed while the report is still running")
+		default:
+		}
+		flushed := make(chan error, 1)
+		go func() { flushed <- q.Flush(context.Background()) }()
+		synctest.Wait()
+		select {
+		case err := <-flushed:
+			t.Fatalf("Flush returned %v while a report was still running", err)
+		default:
+		}
+		close(release)
+		if err := tk.Wait(t.Context()); !errors.Is(err, ErrDropped) {
+			t.Fatalf("Wait: %v", err)
+		}
+		if r := reps.get(); len(r) != 1 || r[0].Err != tk.Err() {
+			t.Fatalf("after Wait: reports %+v, ticket %v", r, tk.Err())
+		}
+		if err := <-flushed; err != nil {
+			t.Fatalf("Flush: %v", err)
+		}
+		mustClose(t, q)
+	})
+}
+
+// An item whose send failed (a 404 from a stale connection id) and that
+// is then evicted, or left at Close, is reported with its last send error
+// as well as the reason it left: before, the report said only "evicted" or
+// "queue closed", and the 404 that explained why it was still queued was
+// lost.
+func TestIncident_LastSendErrorLostOnEvictOrClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notFound := &HTTPError{StatusCode: 404}
+		var reps reportLog
+		sink := &scriptSink{script: []error{notFound}}
+		q := New(sink.send, WithCapacity[string](2), WithOverflow[string](DropOldest),
+			WithBackOff[string](constBackOff{time.Minute}), WithReport(reps.add))
+		a := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // a failed with 404 and waits for its back-off
+		if n := len(sink.values()); n != 1 {
+			t.Fatalf("%d attempts, want 1", n)
+		}
+		b := mustPush(t, q, Item[string]{Value: "b"})
+		mustPush(t, q, Item[string]{Value: "c"}) // evicts a, the oldest
+		for _, want := range []error{ErrEvicted, notFound} {
+			if !errors.Is(a.Err(), want) {
+				t.Fatalf("evicted ticket: %v, want it to wrap %v", a.Err(), want)
+			}
+		}
+		mustClose(t, q)
+		if !errors.Is(b.Err(), ErrClosed) || errors.Is(b.Err(), notFound) {
+			t.Fatalf("never-sent leftover: %v, want ErrClosed alone", b.Err())
+		}
+		r := reps.get()
+		if len(r) != 3 || r[0].Item.Value != "a" || r[0].Err != a.Err() || r[0].Attempts != 1 {
+			t.Fatalf("reports %+v", r)
+		}
+	})
+}
+
+// A head item that failed and is still queued at Close carries its last
+// send error too.
+func TestCloseReportsLastSendError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notFound := &HTTPError{StatusCode: 404}
+		var reps reportLog
+		sink := &scriptSink{script: []error{notFound}}
+		q := New(sink.send, WithBackOff[string](constBackOff{time.Minute}), WithReport(reps.add))
+		tk := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // waiting for the back-off after the 404
+		mustClose(t, q)
+		if !errors.Is(tk.Err(), ErrClosed) || !errors.Is(tk.Err(), notFound) {
+			t.Fatalf("ticket: %v", tk.Err())
+		}
+		if r := reps.get(); len(r) != 1 || r[0].Err != tk.Err() || r[0].Attempts != 1 {
+			t.Fatalf("reports %+v", r)
+		}
+	})
+}
+
+// After Close, Push fails with ErrClosed whatever the item: before, an
+// invalid or oversized item got ErrInvalid or ErrTooLarge, although the
+// doc promised ErrClosed from then on.
+func TestIncident_PushAfterCloseNotErrClosed(t *testing.T) {
+	q := New((&scriptSink{}).send, WithMaxBytes(4, func(s string) int { return len(s) - 1 }))
+	mustClose(t, q)
+	for name, it := range map[string]Item[string]{
+		"valid":          {Value: "ab"},
+		"unknown policy": {Value: "ab", Policy: 9},
+		"negative size":  {Value: ""},
+		"too large":      {Value: "abcdefgh"},
+	} {
+		if tk, err := q.Push(it); !errors.Is(err, ErrClosed) || tk != nil {
+			t.Errorf("%s: Push after Close = %v, %v; want ErrClosed", name, tk, err)
+		}
+	}
+}
+
+// Close is idempotent and waits for the delivery goroutine each time.
+func TestCloseTwiceConcurrently(t *testing.T) {
+	q := New((&scriptSink{}).send)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := q.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			select {
+			case <-q.loopDone:
+			default:
+				t.Errorf("Close returned before the delivery goroutine exited")
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestDecide(t *testing.T) {
+	e := errors.New("boom")
+	for _, tc := range []struct {
+		name        string
+		err         error
+		class       Class
+		policy      Policy
+		attempts    int
+		maxAttempts int
+		want        action
+		wantReason  error
+	}{
+		{"delivered", nil, ClassRetry, Retry, 1, 0, delivered, nil},
+		{"delivered ignores class", nil, ClassDrop, FireAndForget, 9, 1, delivered, nil},
+		{"drop", e, ClassDrop, Retry, 1, 0, failed, ErrDropped},
+		{"drop beats fire-and-forget", e, ClassDrop, FireAndForget, 1, 0, failed, ErrDropped},
+		{"fire-and-forget", e, ClassRetry, FireAndForget, 1, 0, failed, ErrGaveUp},
+		{"fire-and-forget pause", e, ClassPause, FireAndForget, 1, 0, failed, ErrGaveUp},
+		{"out of attempts", e, ClassRetry, Retry, 3, 3, failed, ErrGaveUp},
+		{"out of attempts while paused", e, ClassPause, Retry, 3, 3, failed, ErrGaveUp},
+		{"attempts left", e, ClassRetry, Retry, 2, 3, retry, nil},
+		{"no limit", e, ClassRetry, Retry, 1000, 0, retry, nil},
+		{"pause", e, ClassPause, Retry, 1, 0, wait, nil},
+	} {
+		got, reason := decide(tc.err, tc.class, tc.policy, tc.attempts, tc.maxAttempts)
+		if got != tc.want || (tc.wantReason == nil) != (reason == nil) ||
+			(reason != nil && (!errors.Is(reason, tc.wantReason) || !errors.Is(reason, e))) {
+			t.Errorf("%s: decide = %v, %v; want %v, %v", tc.name, got, reason, tc.want, tc.wantReason)
+		}
+	}
+}
+
+func TestPickVictims(t *testing.T) {
+	type it struct {
+		p Policy
+		s int
+	}
+	for _, tc := range []struct {
+		name     string
+		items    []it
+		capacity int
+		maxBytes int64
+		size     int
+		sending  bool
+		want     []int
+	}{
+		{"room left", []it{{Retry, 1}}, 2, 0, 1, false, []int{}},
+		{"oldest", []it{{Retry, 1}, {Retry, 1}}, 2, 0, 1, false, []int{0}},
+		{"skips the item being sent", []it{{Retry, 1}, {Retry, 1}}, 2, 0, 1, true, []int{1}},
+		{"skips fire-and-forget", []it{{FireAndForget, 1}, {Retry, 1}}, 2, 0, 1, false, []int{1}},
+		{"nothing evictable", []it{{FireAndForget, 1}}, 1, 0, 1, false, nil},
+		{"only the one in flight", []it{{Retry, 1}}, 1, 0, 1, true, nil},
+		{"bytes need two", []it{{Retry, 3}, {Retry, 3}, {Retry, 3}}, 10, 9, 5, false, []int{0, 1}},
+		{"bytes and count", []it{{Retry, 1}, {Retry, 8}}, 2, 9, 2, false, []int{0, 1}},
+		{"bytes impossible", []it{{FireAndForget, 9}}, 10, 9, 1, false, nil},
+	} {
+		var bytes int64
+		for _, x := range tc.items {
+			bytes += int64(x.s)
+		}
+		got := pickVictims(len(tc.items), tc.capacity, bytes, tc.maxBytes, tc.size, tc.sending,
+			func(i int) (Policy, int) { return tc.items[i].p, tc.items[i].s })
+		if (got == nil) != (tc.want == nil) || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: pickVictims = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
