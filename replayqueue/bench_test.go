@@ -54,7 +54,7 @@ const flushN = 10_000
 func BenchmarkReplayQueue(b *testing.B) {
 	ctx := context.Background()
 	b.Run("send-connected/steadfast", func(b *testing.B) {
-		q := replayqueue.New[int]()
+		q := replayqueue.New[int, int]()
 		defer q.Close()
 		if _, err := q.Connect(discard); err != nil {
 			b.Fatal(err)
@@ -73,7 +73,7 @@ func BenchmarkReplayQueue(b *testing.B) {
 		}
 	})
 	b.Run("send-connected-parallel/steadfast", func(b *testing.B) {
-		q := replayqueue.New[int]()
+		q := replayqueue.New[int, int]()
 		defer q.Close()
 		if _, err := q.Connect(discard); err != nil {
 			b.Fatal(err)
@@ -97,7 +97,7 @@ func BenchmarkReplayQueue(b *testing.B) {
 	})
 	// Buffered sends, flushed every flushN items so the buffer is reused.
 	b.Run("send-buffered/steadfast", func(b *testing.B) {
-		q := replayqueue.New[int](replayqueue.WithMaxItems(flushN))
+		q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](flushN))
 		defer q.Close()
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
@@ -121,7 +121,7 @@ func BenchmarkReplayQueue(b *testing.B) {
 		}
 	})
 	b.Run("reconnect-flush-10k/steadfast", func(b *testing.B) {
-		q := replayqueue.New[int](replayqueue.WithMaxItems(flushN))
+		q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](flushN))
 		defer q.Close()
 		b.ReportAllocs()
 		for range b.N {

@@ -27,9 +27,10 @@
 //     never exceeded, not even by one item. When full: an error (default),
 //     drop-oldest, or block under the Send's context. Every evicted item is
 //     reported to the WithDropped callback.
-//   - Fail and Close hand back every buffered item. Each item has exactly
-//     one fate: sent, rejected by Send with an error, handed back, or
-//     reported dropped.
+//   - Each item has exactly one fate: sent, rejected by Send with an error
+//     (the caller keeps it), handed back by [Queue.Fail], or reported
+//     dropped to the [WithDropped] callback (evicted, or still buffered at
+//     [Queue.Close]).
 //   - Replayed items are sent with ids in a reserved namespace
 //     ([ReservedPrefix]) that client ids never use (see [IsReserved] for the
 //     rule). Replies with reserved ids, results and errors alike, are
@@ -42,15 +43,16 @@
 //
 // # Usage in a JSON-RPC WebSocket proxy
 //
-// One Queue per client session; T is one JSON-RPC frame. Every frame the
-// proxy writes upstream for this client goes through the queue.
+// One Queue per client session; T is one JSON-RPC frame sent upstream and
+// R one reply frame read back. Every frame the proxy writes upstream for
+// this client goes through the queue.
 //
-//	q := replayqueue.New[[]byte](
-//		replayqueue.WithMaxItems(1000),
+//	q := replayqueue.New[[]byte, []byte](
+//		replayqueue.WithMaxItems[[]byte](1000),
 //		replayqueue.WithMaxBytes(8<<20, func(b []byte) int { return len(b) }),
-//		replayqueue.WithOverflow(replayqueue.OverflowBlock),
+//		replayqueue.WithOverflow[[]byte](replayqueue.Block),
 //	)
-//	defer func() { for _, f := range q.Close() { failToClient(f) } }()
+//	defer func() { for _, f := range q.Fail(errClientGone) { failToClient(f) } }()
 //
 //	// Reconnect loop: connect, then read until the connection fails.
 //	for ctx.Err() == nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/steadfast-go/steadfast/replayqueue"
 )
@@ -12,7 +11,7 @@ import (
 // Items sent while the connection is down are buffered; Connect sends the
 // replay set, then the buffer, then lets new items through.
 func Example() {
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	defer q.Close()
 
 	// A subscription that must survive reconnects.
@@ -42,7 +41,7 @@ func Example() {
 // delivered to the replay's callback, which learns the new upstream
 // subscription id; replies to client requests are left to the caller.
 func ExampleQueue_HandleReply() {
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	defer q.Close()
 
 	var sentID string
@@ -71,7 +70,7 @@ func ExampleQueue_HandleReply() {
 // Fail (or Close) hands back every buffered item, and Send reports the cause
 // from then on.
 func ExampleQueue_Fail() {
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	ctx := context.Background()
 	_ = q.Send(ctx, "a")
 	_ = q.Send(ctx, "b")
@@ -88,9 +87,9 @@ func ExampleQueue_Fail() {
 // With drop-oldest, a full buffer evicts its oldest items to make room and
 // reports each one.
 func ExampleWithOverflow() {
-	q := replayqueue.New[string](
+	q := replayqueue.New[string, string](
 		replayqueue.WithMaxBytes(8, func(s string) int { return len(s) }),
-		replayqueue.WithOverflow(replayqueue.OverflowDropOldest),
+		replayqueue.WithOverflow[string](replayqueue.DropOldest),
 		replayqueue.WithDropped(func(s string, reason error) {
 			fmt.Printf("dropped %q: %v\n", s, reason)
 		}),
@@ -99,8 +98,11 @@ func ExampleWithOverflow() {
 	for _, s := range []string{"aaa", "bbb", "cccc"} {
 		_ = q.Send(ctx, s)
 	}
-	fmt.Println("kept:", strings.Join(q.Close(), ","))
+	fmt.Println("buffered:", q.Len())
+	q.Close() // what is still buffered is reported, once
 	// Output:
 	// dropped "aaa": replayqueue: evicted to make room
-	// kept: bbb,cccc
+	// buffered: 2
+	// dropped "bbb": replayqueue: closed
+	// dropped "cccc": replayqueue: closed
 }

@@ -21,7 +21,7 @@ import (
 // Items are "m<nnn>" plus 0-4 "+" of padding, each created once; replayed items are "r|<key>|<id>".
 // The size of an item is its length in bytes.
 type queueModel struct {
-	q        *replayqueue.Queue[string]
+	q        *replayqueue.Queue[string, string]
 	policy   replayqueue.Overflow
 	maxItems int
 	maxBytes int  // math.MaxInt without a byte bound
@@ -136,7 +136,7 @@ func (m *queueModel) Send(t *rapid.T) {
 	m.next++
 	m.created = append(m.created, item)
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // only OverflowBlock looks at it: it must give up at once
+	cancel() // only Block looks at it: it must give up at once
 	sendOK := m.remaining != 0
 	err := m.q.Send(ctx, item)
 
@@ -156,15 +156,15 @@ func (m *queueModel) Send(t *rapid.T) {
 			want = replayqueue.ErrTooLarge
 		case m.fits(n):
 			m.buf = append(m.buf, item)
-		case m.policy == replayqueue.OverflowError:
+		case m.policy == replayqueue.RejectNew:
 			want = replayqueue.ErrFull
-		case m.policy == replayqueue.OverflowDropOldest:
+		case m.policy == replayqueue.DropOldest:
 			for !m.fits(n) {
 				m.wantDrop = append(m.wantDrop, m.buf[0])
 				m.buf = m.buf[1:]
 			}
 			m.buf = append(m.buf, item)
-		case m.policy == replayqueue.OverflowBlock:
+		case m.policy == replayqueue.Block:
 			want = context.Canceled
 		}
 	}
@@ -228,12 +228,12 @@ func (m *queueModel) connect(t *rapid.T, successes int) {
 	m.wantErr(t, "Connect", err, want)
 }
 
-// SendBlocked sends, under OverflowBlock, an item that does not fit; the
+// SendBlocked sends, under Block, an item that does not fit; the
 // Send must block until a reconnect (then it is sent right after the
 // flushed buffer) or a permanent failure (then it returns ErrClosed).
 func (m *queueModel) SendBlocked(t *rapid.T) {
 	item := m.newItem(t)
-	if m.policy != replayqueue.OverflowBlock || m.closed || m.connected || m.fits(len(item)) || len(item) > m.maxBytes {
+	if m.policy != replayqueue.Block || m.closed || m.connected || m.fits(len(item)) || len(item) > m.maxBytes {
 		t.Skip("Send would not block")
 	}
 	m.next++
@@ -456,7 +456,7 @@ func TestQueueMatchesModel(t *testing.T) {
 func checkModel(t *rapid.T) {
 	{
 		m := &queueModel{
-			policy:    rapid.SampledFrom([]replayqueue.Overflow{replayqueue.OverflowError, replayqueue.OverflowDropOldest, replayqueue.OverflowBlock}).Draw(t, "policy"),
+			policy:    rapid.SampledFrom([]replayqueue.Overflow{replayqueue.RejectNew, replayqueue.DropOldest, replayqueue.Block}).Draw(t, "policy"),
 			maxItems:  rapid.IntRange(1, 6).Draw(t, "maxItems"),
 			maxBytes:  rapid.IntRange(5, 30).Draw(t, "maxBytes"),
 			pending:   map[replayqueue.ReplayID]string{},
@@ -466,11 +466,11 @@ func checkModel(t *rapid.T) {
 		if m.noBytes = rapid.Bool().Draw(t, "noBytes"); m.noBytes {
 			m.maxBytes, byteBound = math.MaxInt, nil // New skips a nil Option
 		}
-		m.q = replayqueue.New[string](
-			replayqueue.WithMaxItems(m.maxItems),
+		m.q = replayqueue.New[string, string](
+			replayqueue.WithMaxItems[string](m.maxItems),
 			byteBound,
-			replayqueue.WithOverflow(m.policy),
-			replayqueue.WithReplayTimeout(modelReplayTimeout),
+			replayqueue.WithOverflow[string](m.policy),
+			replayqueue.WithReplayTimeout[string](modelReplayTimeout),
 			replayqueue.WithDropped(func(s string, reason error) {
 				if !errors.Is(reason, replayqueue.ErrEvicted) {
 					t.Fatalf("drop reason %v", reason)
@@ -478,7 +478,7 @@ func checkModel(t *rapid.T) {
 				m.dropped = append(m.dropped, s)
 			}),
 		)
-		defer m.q.Close()
+		defer m.q.Fail(nil) // hands back, so nothing reaches the drop callback
 		t.Repeat(map[string]func(*rapid.T){
 			"":                m.Check,
 			"Send":            m.Send,

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/steadfast-go/steadfast/internal/ring"
 )
 
 var (
@@ -17,14 +19,14 @@ var (
 	// every method that needs a live queue after [Queue.Fail] or
 	// [Queue.Close].
 	ErrClosed = errors.New("replayqueue: closed")
-	// ErrFull is returned by [Queue.Send] under [OverflowError] when the
+	// ErrFull is returned by [Queue.Send] under [RejectNew] when the
 	// item does not fit in the buffer; the caller keeps the item.
 	ErrFull = errors.New("replayqueue: buffer full")
 	// ErrTooLarge is returned by [Queue.Send] when the item alone is
 	// larger than the byte bound and has to be buffered.
 	ErrTooLarge = errors.New("replayqueue: item larger than the byte bound")
 	// ErrEvicted is the reason [WithDropped] receives for items evicted by
-	// [OverflowDropOldest].
+	// [DropOldest].
 	ErrEvicted = errors.New("replayqueue: evicted to make room")
 	// ErrConnected is returned by [Queue.Connect] when the queue is
 	// already connected.
@@ -40,7 +42,7 @@ var (
 // A Reply is what a replay's reply callback receives, exactly once for each
 // time its item was sent: either the upstream's reply (Err == nil; a
 // JSON-RPC error response is a reply too) or the reason none will come.
-type Reply[T any] struct {
+type Reply[R any] struct {
 	// Key is the replay key the item was registered under. The callback
 	// runs even if the key was removed or replaced after the item was
 	// sent, so the user can undo what the replayed item did upstream
@@ -50,7 +52,7 @@ type Reply[T any] struct {
 	ID ReplayID
 	// Value is the reply passed to [Queue.HandleReply]; the zero value
 	// when Err != nil.
-	Value T
+	Value R
 	// Err is nil when a reply arrived. Otherwise it is [ErrReplayTimeout],
 	// an error wrapping [ErrDisconnected] and the disconnect cause, or one
 	// wrapping [ErrClosed] and the failure cause.
@@ -63,20 +65,20 @@ type Stats struct {
 	Bytes        int    // bytes in the buffer now (0 without WithMaxBytes)
 	Replays      int    // entries in the replay set
 	Pending      int    // replayed items waiting for their reply
-	Dropped      uint64 // items evicted by OverflowDropOldest so far
+	Dropped      uint64 // items evicted by DropOldest so far
 	StaleReplies uint64 // reserved-id replies consumed with no pending replay
 	Generation   uint64 // see Queue.Generation
 }
 
-type replayEntry[T any] struct {
+type replayEntry[T, R any] struct {
 	key     string
 	build   func(id ReplayID) T
-	onReply func(Reply[T])
+	onReply func(Reply[R])
 }
 
-type pending[T any] struct {
+type pending[R any] struct {
 	key     string
-	onReply func(Reply[T])
+	onReply func(Reply[R])
 	timer   *time.Timer
 }
 
@@ -99,9 +101,9 @@ type pending[T any] struct {
 //
 // A Queue is safe for concurrent use. The zero value is an empty,
 // disconnected queue with the default options ([DefaultMaxItems],
-// [OverflowError], [DefaultReplayTimeout], no byte bound). A Queue must not
+// [RejectNew], [DefaultReplayTimeout], no byte bound). A Queue must not
 // be copied after first use.
-type Queue[T any] struct {
+type Queue[T, R any] struct {
 	// mu, connected and send come first so the hot path (Send while
 	// connected) touches a single cache line.
 	mu        sync.Mutex // protects the fields below, down to replyMu
@@ -109,10 +111,10 @@ type Queue[T any] struct {
 	send      func(T) error // non-nil iff connected
 	closed    bool
 	closeErr  error // wraps ErrClosed and the cause; set iff closed
-	buf       ring[T]
+	buf       ring.Buffer[entry[T]]
 	bytes     int
-	replays   []replayEntry[T] // registration order
-	room      chan struct{}    // closed and cleared when room may have appeared
+	replays   []replayEntry[T, R] // registration order
+	room      chan struct{}       // closed and cleared when room may have appeared
 	seq       uint64
 	nDropped  uint64
 
@@ -126,56 +128,44 @@ type Queue[T any] struct {
 
 	gen atomic.Uint64 // written under mu; read lock-free by Generation
 
-	// replyMu protects pend and nStale. It is never held while user code
+	// replyMu protects pend, nStale, expiring and expired. It is never held while user code
 	// runs and never held while taking mu, so HandleReply (called by the
 	// connection's reader) cannot wait behind a send that is blocked on a
 	// full socket.
-	replyMu sync.Mutex
-	pend    map[ReplayID]*pending[T]
-	nStale  uint64
+	replyMu  sync.Mutex
+	pend     map[ReplayID]*pending[R]
+	nStale   uint64
+	expiring int           // timer callbacks running now
+	expired  chan struct{} // made by Close; closed when expiring reaches 0
 }
 
-// New returns an empty, disconnected Queue configured by opts (nil options
-// are ignored). It panics if a [WithMaxBytes] size function or a
-// [WithDropped] callback is not for element type T.
-func New[T any](opts ...Option) *Queue[T] {
-	var c config
+// New returns an empty, disconnected Queue for items of type T and replies
+// of type R, configured by opts (nil options are skipped).
+func New[T, R any](opts ...Option[T]) *Queue[T, R] {
+	var c config[T]
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&c)
 		}
 	}
-	q := &Queue[T]{
+	return &Queue[T, R]{
 		maxItems: c.maxItems,
 		maxBytes: c.maxBytes,
+		size:     c.size,
 		overflow: c.overflow,
+		dropped:  c.dropped,
 		timeout:  c.replayTimeout,
 	}
-	if c.size != nil {
-		f, ok := c.size.(func(T) int)
-		if !ok {
-			panic(fmt.Sprintf("replayqueue: WithMaxBytes size function is %T, want func(%T) int", c.size, *new(T)))
-		}
-		q.size = f
-	}
-	if c.dropped != nil {
-		f, ok := c.dropped.(func(T, error))
-		if !ok {
-			panic(fmt.Sprintf("replayqueue: WithDropped callback is %T, want func(%T, error)", c.dropped, *new(T)))
-		}
-		q.dropped = f
-	}
-	return q
 }
 
-func (q *Queue[T]) limitItems() int {
+func (q *Queue[T, R]) limitItems() int {
 	if q.maxItems == 0 {
 		return DefaultMaxItems
 	}
 	return q.maxItems
 }
 
-func (q *Queue[T]) replayTimeout() time.Duration {
+func (q *Queue[T, R]) replayTimeout() time.Duration {
 	if q.timeout == 0 {
 		return DefaultReplayTimeout
 	}
@@ -189,27 +179,27 @@ func (q *Queue[T]) replayTimeout() time.Duration {
 // replay set and the buffer), even otherwise, so a callback that captured
 // the generation returned by [Queue.Connect] can recognise that its
 // connection is gone. Lock-free.
-func (q *Queue[T]) Generation() uint64 { return q.gen.Load() }
+func (q *Queue[T, R]) Generation() uint64 { return q.gen.Load() }
 
 // Connected reports whether the queue currently has a connection.
-func (q *Queue[T]) Connected() bool {
+func (q *Queue[T, R]) Connected() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.connected
 }
 
 // Len returns the number of buffered items.
-func (q *Queue[T]) Len() int {
+func (q *Queue[T, R]) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.buf.len()
+	return q.buf.Len()
 }
 
 // Stats returns a snapshot of the queue's counters.
-func (q *Queue[T]) Stats() Stats {
+func (q *Queue[T, R]) Stats() Stats {
 	q.mu.Lock()
 	s := Stats{
-		Buffered:   q.buf.len(),
+		Buffered:   q.buf.Len(),
 		Bytes:      q.bytes,
 		Replays:    len(q.replays),
 		Dropped:    q.nDropped,
@@ -226,7 +216,7 @@ func (q *Queue[T]) Stats() Stats {
 // Send delivers item: while connected it calls the connection's send
 // function on the caller's goroutine and returns; while disconnected it
 // buffers the item for the next [Queue.Connect]. The context matters only
-// under [OverflowBlock], while Send waits for room.
+// under [Block], while Send waits for room.
 //
 // If the send function fails, the connection is treated as lost: the queue
 // disconnects (the generation advances and pending replays are failed) and
@@ -235,12 +225,12 @@ func (q *Queue[T]) Stats() Stats {
 // connection itself and start a reconnect.
 //
 // Errors: an error wrapping [ErrClosed] (and the failure cause) after Fail
-// or Close; [ErrFull] under OverflowError when the buffer is full;
+// or Close; [ErrFull] under RejectNew when the buffer is full;
 // [ErrTooLarge] when the item alone exceeds the byte bound; ctx.Err() when
 // the context ends while Send blocks. On error the item was neither sent
 // nor buffered, and the queue is unchanged (except that a failed send
 // function has still disconnected it).
-func (q *Queue[T]) Send(ctx context.Context, item T) error {
+func (q *Queue[T, R]) Send(ctx context.Context, item T) error {
 	q.mu.Lock()
 	if q.connected {
 		err := q.send(item)
@@ -250,9 +240,9 @@ func (q *Queue[T]) Send(ctx context.Context, item T) error {
 		}
 		return q.sendFailed(ctx, item, err)
 	}
-	if !q.closed && q.size == nil && q.buf.len() < q.limitItems() {
+	if !q.closed && q.size == nil && q.buf.Len() < q.limitItems() {
 		// Fast path for buffering without a byte bound.
-		q.buf.push(entry[T]{item: item})
+		q.buf.PushBack(entry[T]{item: item})
 		q.mu.Unlock()
 		return nil
 	}
@@ -260,7 +250,7 @@ func (q *Queue[T]) Send(ctx context.Context, item T) error {
 }
 
 // sendFailed handles a failed direct send; q.mu is held and is released.
-func (q *Queue[T]) sendFailed(ctx context.Context, item T, err error) error {
+func (q *Queue[T, R]) sendFailed(ctx context.Context, item T, err error) error {
 	fails := q.disconnectLocked(err)
 	return q.bufferSlow(ctx, item, fails)
 }
@@ -268,11 +258,8 @@ func (q *Queue[T]) sendFailed(ctx context.Context, item T, err error) error {
 // bufferSlow buffers item under the bounds and overflow policy. q.mu is held
 // on entry and released on return; fails are reply callbacks to run after
 // unlocking.
-func (q *Queue[T]) bufferSlow(ctx context.Context, item T, fails []callback[T]) error {
-	// Usually one item is evicted per Send; keep it out of the heap.
-	var first T
+func (q *Queue[T, R]) bufferSlow(ctx context.Context, item T, fails []callback[R]) error {
 	var evicted []T
-	nEvicted := 0
 	var err error
 	n := 0
 	if q.size != nil {
@@ -296,29 +283,24 @@ func (q *Queue[T]) bufferSlow(ctx context.Context, item T, fails []callback[T]) 
 			break
 		}
 		if q.fits(n) {
-			q.buf.push(entry[T]{item: item, size: n})
+			q.buf.PushBack(entry[T]{item: item, size: n})
 			q.bytes += n
 			break
 		}
-		if q.overflow == OverflowError {
+		if q.overflow == RejectNew {
 			err = ErrFull
 			break
 		}
-		if q.overflow == OverflowDropOldest {
+		if q.overflow == DropOldest {
 			for !q.fits(n) {
-				e := q.buf.pop()
+				e := q.buf.PopFront()
 				q.bytes -= e.size
 				q.nDropped++
-				if nEvicted == 0 {
-					first = e.item
-				} else {
-					evicted = append(evicted, e.item)
-				}
-				nEvicted++
+				evicted = append(evicted, e.item)
 			}
 			continue
 		}
-		// OverflowBlock.
+		// Block.
 		if q.room == nil {
 			q.room = make(chan struct{})
 		}
@@ -335,29 +317,29 @@ func (q *Queue[T]) bufferSlow(ctx context.Context, item T, fails []callback[T]) 
 	}
 	q.mu.Unlock()
 	q.runFails(fails)
-	if nEvicted > 0 {
-		q.reportEvicted(first, evicted, nEvicted)
-	}
+	q.reportDropped(evicted, ErrEvicted)
 	return err
 }
 
-// reportEvicted hands evicted items to the WithDropped callback or, when
-// there is none, logs them, so that no eviction is ever silent.
-func (q *Queue[T]) reportEvicted(first T, rest []T, n int) {
-	if q.dropped == nil {
-		slog.Warn("replayqueue: buffered items evicted (OverflowDropOldest); register WithDropped to handle them",
-			"evicted", n, "reason", ErrEvicted)
+// reportDropped hands items the queue dropped to the WithDropped callback
+// or, when there is none, logs how many, so that no drop is ever silent.
+func (q *Queue[T, R]) reportDropped(items []T, reason error) {
+	if len(items) == 0 {
 		return
 	}
-	q.dropped(first, ErrEvicted)
-	for _, it := range rest {
-		q.dropped(it, ErrEvicted)
+	if q.dropped == nil {
+		slog.Warn("replayqueue: items dropped; register WithDropped to handle them",
+			"dropped", len(items), "reason", reason)
+		return
+	}
+	for _, it := range items {
+		q.dropped(it, reason)
 	}
 }
 
 // fits reports whether an item of size n fits in the buffer now.
-func (q *Queue[T]) fits(n int) bool {
-	if q.buf.len() >= q.limitItems() {
+func (q *Queue[T, R]) fits(n int) bool {
+	if q.buf.Len() >= q.limitItems() {
 		return false
 	}
 	// Subtract rather than add: q.bytes+n can overflow when the bound is
@@ -366,7 +348,7 @@ func (q *Queue[T]) fits(n int) bool {
 }
 
 // wakeLocked wakes every Send blocked waiting for room.
-func (q *Queue[T]) wakeLocked() {
+func (q *Queue[T, R]) wakeLocked() {
 	if q.room != nil {
 		close(q.room)
 		q.room = nil
@@ -394,7 +376,7 @@ func (q *Queue[T]) wakeLocked() {
 // Errors: [ErrConnected] if the queue is already connected; an error
 // wrapping [ErrClosed] after Fail or Close; the wrapped send error. It
 // panics if send is nil.
-func (q *Queue[T]) Connect(send func(T) error) (gen uint64, err error) {
+func (q *Queue[T, R]) Connect(send func(T) error) (gen uint64, err error) {
 	if send == nil {
 		panic("replayqueue: Connect with a nil send function")
 	}
@@ -423,9 +405,9 @@ func (q *Queue[T]) Connect(send func(T) error) (gen uint64, err error) {
 			return gen, fmt.Errorf("replayqueue: connect: replay %q: %w", r.key, e)
 		}
 	}
-	flushed := q.buf.len() > 0
-	for q.buf.len() > 0 {
-		if e := send(q.buf.peek().item); e != nil {
+	flushed := q.buf.Len() > 0
+	for q.buf.Len() > 0 {
+		if e := send(q.buf.At(0).item); e != nil {
 			q.gen.Add(1)
 			fails := q.failPending(ErrDisconnected, e)
 			q.wakeLocked()
@@ -433,7 +415,7 @@ func (q *Queue[T]) Connect(send func(T) error) (gen uint64, err error) {
 			q.runFails(fails)
 			return gen, fmt.Errorf("replayqueue: connect: flush: %w", e)
 		}
-		e := q.buf.pop()
+		e := q.buf.PopFront()
 		q.bytes -= e.size
 	}
 	q.connected = true
@@ -452,7 +434,7 @@ func (q *Queue[T]) Connect(send func(T) error) (gen uint64, err error) {
 // does nothing, if gen is not the current connection (it already ended, or
 // a newer one replaced it), so a stale reader goroutine cannot disconnect
 // its successor.
-func (q *Queue[T]) Disconnect(gen uint64, cause error) bool {
+func (q *Queue[T, R]) Disconnect(gen uint64, cause error) bool {
 	q.mu.Lock()
 	if !q.connected || q.gen.Load() != gen {
 		q.mu.Unlock()
@@ -466,7 +448,7 @@ func (q *Queue[T]) Disconnect(gen uint64, cause error) bool {
 
 // disconnectLocked closes the gate; q.mu is held. It returns the reply
 // callbacks to run once q.mu is released.
-func (q *Queue[T]) disconnectLocked(cause error) []callback[T] {
+func (q *Queue[T, R]) disconnectLocked(cause error) []callback[R] {
 	q.connected = false
 	q.send = nil
 	q.gen.Add(1)
@@ -474,12 +456,45 @@ func (q *Queue[T]) disconnectLocked(cause error) []callback[T] {
 }
 
 // Fail permanently fails the queue with cause (nil means [ErrClosed]) and
-// hands back every buffered item, oldest first: nothing is dropped. Pending
+// hands back every buffered item, oldest first: nothing is dropped, and the
+// items handed back are not also reported to [WithDropped]. Pending
 // replays are failed with an error wrapping ErrClosed and cause, Sends
 // blocked for room return that error, and every later Send, Connect and
-// AddReplay returns it too. Only the first call has an effect; later calls
-// return nil.
-func (q *Queue[T]) Fail(cause error) []T {
+// AddReplay returns it too. Only the first call of Fail or Close has an
+// effect; later calls return nil.
+func (q *Queue[T, R]) Fail(cause error) []T {
+	items, _ := q.shut(cause)
+	return items
+}
+
+// Close fails the queue with [ErrClosed], like Fail(nil), but reports each
+// item still buffered to the [WithDropped] callback with reason ErrClosed
+// instead of handing it back (so each item has one fate). It stops every
+// replay timer and waits for reply callbacks already started by a timer,
+// so a closed Queue holds no goroutines or timers; a reply callback must
+// therefore not call Close. Close always returns nil; calling it again, or
+// after Fail, does nothing.
+func (q *Queue[T, R]) Close() error {
+	if items, first := q.shut(nil); first {
+		q.reportDropped(items, ErrClosed)
+	}
+	q.replyMu.Lock()
+	for q.expiring > 0 {
+		if q.expired == nil {
+			q.expired = make(chan struct{})
+		}
+		ch := q.expired
+		q.replyMu.Unlock()
+		<-ch
+		q.replyMu.Lock()
+	}
+	q.replyMu.Unlock()
+	return nil
+}
+
+// shut is Fail: it closes the queue and returns the buffered items, and
+// false if the queue was already closed.
+func (q *Queue[T, R]) shut(cause error) ([]T, bool) {
 	closeErr := ErrClosed
 	if cause != nil && !errors.Is(cause, ErrClosed) {
 		closeErr = fmt.Errorf("%w: %w", ErrClosed, cause)
@@ -489,7 +504,7 @@ func (q *Queue[T]) Fail(cause error) []T {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return nil
+		return nil, false
 	}
 	q.closed = true
 	q.closeErr = closeErr
@@ -499,26 +514,21 @@ func (q *Queue[T]) Fail(cause error) []T {
 		q.gen.Add(1)
 	}
 	var items []T
-	if n := q.buf.len(); n > 0 {
+	if n := q.buf.Len(); n > 0 {
 		items = make([]T, 0, n)
-		for q.buf.len() > 0 {
-			items = append(items, q.buf.pop().item)
+		for q.buf.Len() > 0 {
+			items = append(items, q.buf.PopFront().item)
 		}
 	}
 	q.bytes = 0
-	q.buf = ring[T]{}
+	q.buf = ring.Buffer[entry[T]]{}
 	q.replays = nil
 	fails := q.failPending(closeErr, nil)
 	q.wakeLocked()
 	q.mu.Unlock()
 	q.runFails(fails)
-	return items
+	return items, true
 }
-
-// Close is Fail(nil): it fails the queue with [ErrClosed] and hands back
-// every buffered item. It stops every replay timer, so a closed Queue holds
-// no goroutines or timers.
-func (q *Queue[T]) Close() []T { return q.Fail(nil) }
 
 // AddReplay registers an entry of the replay set under key, to be sent on
 // every later [Queue.Connect], after the entries registered before it.
@@ -535,7 +545,7 @@ func (q *Queue[T]) Close() []T { return q.Fail(nil) }
 //
 // Errors: an error wrapping [ErrClosed] after Fail or Close. It panics if
 // build is nil.
-func (q *Queue[T]) AddReplay(key string, build func(id ReplayID) T, onReply func(Reply[T])) error {
+func (q *Queue[T, R]) AddReplay(key string, build func(id ReplayID) T, onReply func(Reply[R])) error {
 	if build == nil {
 		panic("replayqueue: AddReplay with a nil build function")
 	}
@@ -545,21 +555,21 @@ func (q *Queue[T]) AddReplay(key string, build func(id ReplayID) T, onReply func
 		return q.closeErr
 	}
 	q.removeReplayLocked(key)
-	q.replays = append(q.replays, replayEntry[T]{key: key, build: build, onReply: onReply})
+	q.replays = append(q.replays, replayEntry[T, R]{key: key, build: build, onReply: onReply})
 	return nil
 }
 
 // RemoveReplay removes key from the replay set and reports whether it was
 // there. A transmission of it that is still pending keeps its reply
 // callback: the reply (or its failure) is still delivered.
-func (q *Queue[T]) RemoveReplay(key string) bool {
+func (q *Queue[T, R]) RemoveReplay(key string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.removeReplayLocked(key)
 }
 
-func (q *Queue[T]) removeReplayLocked(key string) bool {
-	i := slices.IndexFunc(q.replays, func(r replayEntry[T]) bool { return r.key == key })
+func (q *Queue[T, R]) removeReplayLocked(key string) bool {
+	i := slices.IndexFunc(q.replays, func(r replayEntry[T, R]) bool { return r.key == key })
 	if i < 0 {
 		return false
 	}
@@ -570,7 +580,7 @@ func (q *Queue[T]) removeReplayLocked(key string) bool {
 }
 
 // ReplayKeys returns the keys of the replay set in registration order.
-func (q *Queue[T]) ReplayKeys() []string {
+func (q *Queue[T, R]) ReplayKeys() []string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	keys := make([]string, len(q.replays))
@@ -592,13 +602,13 @@ func (q *Queue[T]) ReplayKeys() []string {
 //
 // HandleReply does not wait for a send in progress, so it is safe to call
 // from the connection's reader even while a writer is blocked.
-func (q *Queue[T]) HandleReply(id string, reply T) (consumed bool) {
+func (q *Queue[T, R]) HandleReply(id string, reply R) (consumed bool) {
 	if !IsReserved(id) {
 		return false
 	}
 	rid, ok := ParseReplayID(id)
 	q.replyMu.Lock()
-	var p *pending[T]
+	var p *pending[R]
 	if ok {
 		p = q.pend[rid]
 	}
@@ -611,34 +621,41 @@ func (q *Queue[T]) HandleReply(id string, reply T) (consumed bool) {
 	p.timer.Stop()
 	q.replyMu.Unlock()
 	if p.onReply != nil {
-		p.onReply(Reply[T]{Key: p.key, ID: rid, Value: reply})
+		p.onReply(Reply[R]{Key: p.key, ID: rid, Value: reply})
 	}
 	return true
 }
 
 // addPending registers a transmission before it is sent; q.mu is held.
-func (q *Queue[T]) addPending(id ReplayID, key string, onReply func(Reply[T])) {
-	p := &pending[T]{key: key, onReply: onReply}
+func (q *Queue[T, R]) addPending(id ReplayID, key string, onReply func(Reply[R])) {
+	p := &pending[R]{key: key, onReply: onReply}
 	q.replyMu.Lock()
 	if q.pend == nil {
-		q.pend = make(map[ReplayID]*pending[T])
+		q.pend = make(map[ReplayID]*pending[R])
 	}
 	q.pend[id] = p
 	p.timer = time.AfterFunc(q.replayTimeout(), func() { q.expire(id, p) })
 	q.replyMu.Unlock()
 }
 
-func (q *Queue[T]) expire(id ReplayID, p *pending[T]) {
+func (q *Queue[T, R]) expire(id ReplayID, p *pending[R]) {
 	q.replyMu.Lock()
 	if q.pend[id] != p {
 		q.replyMu.Unlock()
 		return
 	}
 	delete(q.pend, id)
+	q.expiring++
 	q.replyMu.Unlock()
 	if p.onReply != nil {
-		p.onReply(Reply[T]{Key: p.key, ID: id, Err: ErrReplayTimeout})
+		p.onReply(Reply[R]{Key: p.key, ID: id, Err: ErrReplayTimeout})
 	}
+	q.replyMu.Lock()
+	if q.expiring--; q.expiring == 0 && q.expired != nil {
+		close(q.expired)
+		q.expired = nil
+	}
+	q.replyMu.Unlock()
 }
 
 // failPending removes every pending transmission (they all belong to the
@@ -646,7 +663,7 @@ func (q *Queue[T]) expire(id ReplayID, p *pending[T]) {
 // send order, to run after the locks are released. Their error wraps kind
 // and, if not nil, cause; it is built only when something is pending, so a
 // reconnect without replays allocates nothing.
-func (q *Queue[T]) failPending(kind, cause error) []callback[T] {
+func (q *Queue[T, R]) failPending(kind, cause error) []callback[R] {
 	q.replyMu.Lock()
 	defer q.replyMu.Unlock()
 	if len(q.pend) == 0 {
@@ -656,15 +673,15 @@ func (q *Queue[T]) failPending(kind, cause error) []callback[T] {
 	if cause != nil {
 		err = fmt.Errorf("%w: %w", kind, cause)
 	}
-	fails := make([]callback[T], 0, len(q.pend))
+	fails := make([]callback[R], 0, len(q.pend))
 	for id, p := range q.pend {
 		p.timer.Stop()
 		delete(q.pend, id)
 		if p.onReply != nil {
-			fails = append(fails, callback[T]{fn: p.onReply, r: Reply[T]{Key: p.key, ID: id, Err: err}})
+			fails = append(fails, callback[R]{fn: p.onReply, r: Reply[R]{Key: p.key, ID: id, Err: err}})
 		}
 	}
-	slices.SortFunc(fails, func(a, b callback[T]) int { return cmp.Compare(a.r.ID.Seq, b.r.ID.Seq) })
+	slices.SortFunc(fails, func(a, b callback[R]) int { return cmp.Compare(a.r.ID.Seq, b.r.ID.Seq) })
 	return fails
 }
 
@@ -674,7 +691,7 @@ type callback[T any] struct {
 	r  Reply[T]
 }
 
-func (q *Queue[T]) runFails(fails []callback[T]) {
+func (q *Queue[T, R]) runFails(fails []callback[R]) {
 	for _, c := range fails {
 		c.fn(c.r)
 	}

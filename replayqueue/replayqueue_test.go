@@ -58,7 +58,7 @@ func (s *sink[T]) items() []T {
 	return slices.Clone(s.got)
 }
 
-func mustConnect[T any](t *testing.T, q *replayqueue.Queue[T], send func(T) error) uint64 {
+func mustConnect[T, R any](t *testing.T, q *replayqueue.Queue[T, R], send func(T) error) uint64 {
 	t.Helper()
 	gen, err := q.Connect(send)
 	if err != nil {
@@ -67,7 +67,7 @@ func mustConnect[T any](t *testing.T, q *replayqueue.Queue[T], send func(T) erro
 	return gen
 }
 
-func mustSend[T any](t *testing.T, q *replayqueue.Queue[T], v T) {
+func mustSend[T, R any](t *testing.T, q *replayqueue.Queue[T, R], v T) {
 	t.Helper()
 	if err := q.Send(context.Background(), v); err != nil {
 		t.Fatalf("Send(%v): %v", v, err)
@@ -75,7 +75,7 @@ func mustSend[T any](t *testing.T, q *replayqueue.Queue[T], v T) {
 }
 
 func TestSendWhileConnectedGoesStraightThrough(t *testing.T) {
-	q := replayqueue.New[int]()
+	q := replayqueue.New[int, int]()
 	s := newSink[int]()
 	mustConnect(t, q, s.send)
 	for i := range 5 {
@@ -91,7 +91,7 @@ func TestSendWhileConnectedGoesStraightThrough(t *testing.T) {
 }
 
 func TestZeroValueIsUsable(t *testing.T) {
-	var q replayqueue.Queue[string]
+	var q replayqueue.Queue[string, string]
 	mustSend(t, &q, "a")
 	s := newSink[string]()
 	mustConnect(t, &q, s.send)
@@ -108,13 +108,13 @@ func TestZeroValueIsUsable(t *testing.T) {
 	if err := q.Send(t.Context(), "x"); !errors.Is(err, replayqueue.ErrFull) {
 		t.Fatalf("Send beyond DefaultMaxItems = %v, want ErrFull", err)
 	}
-	if got := q.Close(); len(got) != replayqueue.DefaultMaxItems {
+	if got := q.Fail(nil); len(got) != replayqueue.DefaultMaxItems {
 		t.Fatalf("Close handed back %d items, want %d", len(got), replayqueue.DefaultMaxItems)
 	}
 }
 
 func TestOrderReplayThenBufferThenNew(t *testing.T) {
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	for _, k := range []string{"s1", "s2", "s3"} {
 		if err := q.AddReplay(k, func(id replayqueue.ReplayID) string { return k }, nil); err != nil {
 			t.Fatal(err)
@@ -137,7 +137,7 @@ func TestOrderReplayThenBufferThenNew(t *testing.T) {
 }
 
 func TestAddReplaySameKeyReplacesAndMovesToEnd(t *testing.T) {
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	add := func(k, v string) {
 		if err := q.AddReplay(k, func(replayqueue.ReplayID) string { return v }, nil); err != nil {
 			t.Fatal(err)
@@ -157,7 +157,7 @@ func TestAddReplaySameKeyReplacesAndMovesToEnd(t *testing.T) {
 // The byte bound includes the new item: nats.go checks before appending and
 // overshoots by one message; this queue never holds more than the bound.
 func TestByteBoundNeverExceededEvenByOne(t *testing.T) {
-	q := replayqueue.New[string](replayqueue.WithMaxBytes(10, func(s string) int { return len(s) }))
+	q := replayqueue.New[string, string](replayqueue.WithMaxBytes(10, func(s string) int { return len(s) }))
 	mustSend(t, q, "aaaa")
 	mustSend(t, q, "bbbb")
 	if err := q.Send(t.Context(), "cccc"); !errors.Is(err, replayqueue.ErrFull) {
@@ -173,7 +173,7 @@ func TestByteBoundNeverExceededEvenByOne(t *testing.T) {
 	if err := q.Send(t.Context(), "xxxxxxxxxxx"); !errors.Is(err, replayqueue.ErrTooLarge) {
 		t.Fatalf("11-byte item: %v, want ErrTooLarge", err)
 	}
-	if got := q.Close(); !slices.Equal(got, []string{"aaaa", "bbbb", "dd"}) {
+	if got := q.Fail(nil); !slices.Equal(got, []string{"aaaa", "bbbb", "dd"}) {
 		t.Fatalf("handed back %v", got)
 	}
 }
@@ -182,7 +182,7 @@ func TestByteBoundNeverExceededEvenByOne(t *testing.T) {
 // second half-of-the-bound item does not fit and is rejected.
 func TestByteBoundDoesNotOverflow(t *testing.T) {
 	half := math.MaxInt/2 + 1
-	q := replayqueue.New[int](replayqueue.WithMaxBytes(math.MaxInt, func(n int) int { return n }))
+	q := replayqueue.New[int, int](replayqueue.WithMaxBytes(math.MaxInt, func(n int) int { return n }))
 	mustSend(t, q, half)
 	if err := q.Send(t.Context(), half); !errors.Is(err, replayqueue.ErrFull) {
 		t.Fatalf("second item of %d bytes under a %d-byte bound: %v, want ErrFull", half, math.MaxInt, err)
@@ -190,29 +190,29 @@ func TestByteBoundDoesNotOverflow(t *testing.T) {
 	if st := q.Stats(); st.Bytes != half || st.Buffered != 1 {
 		t.Fatalf("stats %+v, want %d bytes in 1 item", st, half)
 	}
-	if got := q.Close(); !slices.Equal(got, []int{half}) {
+	if got := q.Fail(nil); !slices.Equal(got, []int{half}) {
 		t.Fatalf("handed back %v", got)
 	}
 }
 
 func TestItemBound(t *testing.T) {
-	q := replayqueue.New[int](replayqueue.WithMaxItems(2))
+	q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](2))
 	mustSend(t, q, 1)
 	mustSend(t, q, 2)
 	if err := q.Send(t.Context(), 3); !errors.Is(err, replayqueue.ErrFull) {
 		t.Fatalf("Send = %v, want ErrFull", err)
 	}
-	if got := q.Close(); !slices.Equal(got, []int{1, 2}) {
+	if got := q.Fail(nil); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("handed back %v", got)
 	}
 }
 
 func TestDropOldestReportsEveryEviction(t *testing.T) {
 	var dropped []string
-	q := replayqueue.New[string](
-		replayqueue.WithMaxItems(3),
+	q := replayqueue.New[string, string](
+		replayqueue.WithMaxItems[string](3),
 		replayqueue.WithMaxBytes(6, func(s string) int { return len(s) }),
-		replayqueue.WithOverflow(replayqueue.OverflowDropOldest),
+		replayqueue.WithOverflow[string](replayqueue.DropOldest),
 		replayqueue.WithDropped(func(s string, reason error) {
 			if !errors.Is(reason, replayqueue.ErrEvicted) {
 				t.Errorf("reason = %v, want ErrEvicted", reason)
@@ -234,14 +234,14 @@ func TestDropOldestReportsEveryEviction(t *testing.T) {
 	if st := q.Stats(); st.Dropped != 5 || st.Bytes != 5 || st.Buffered != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
-	if got := q.Close(); !slices.Equal(got, []string{"fffff"}) {
+	if got := q.Fail(nil); !slices.Equal(got, []string{"fffff"}) {
 		t.Fatalf("handed back %v, want [fffff]", got)
 	}
 }
 
 func TestBlockWaitsForReconnect(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := replayqueue.New[int](replayqueue.WithMaxItems(1), replayqueue.WithOverflow(replayqueue.OverflowBlock))
+		q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](1), replayqueue.WithOverflow[int](replayqueue.Block))
 		mustSend(t, q, 1)
 		done := make(chan error, 1)
 		go func() { done <- q.Send(context.Background(), 2) }()
@@ -265,7 +265,7 @@ func TestBlockWaitsForReconnect(t *testing.T) {
 
 func TestBlockHonoursContextAndLeavesQueueUnchanged(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := replayqueue.New[int](replayqueue.WithMaxItems(1), replayqueue.WithOverflow(replayqueue.OverflowBlock))
+		q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](1), replayqueue.WithOverflow[int](replayqueue.Block))
 		mustSend(t, q, 1)
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
@@ -276,7 +276,7 @@ func TestBlockHonoursContextAndLeavesQueueUnchanged(t *testing.T) {
 		if d := time.Since(start); d != time.Second {
 			t.Fatalf("Send waited %v, want 1s", d)
 		}
-		if got := q.Close(); !slices.Equal(got, []int{1}) {
+		if got := q.Fail(nil); !slices.Equal(got, []int{1}) {
 			t.Fatalf("handed back %v, want [1]", got)
 		}
 	})
@@ -284,7 +284,7 @@ func TestBlockHonoursContextAndLeavesQueueUnchanged(t *testing.T) {
 
 func TestFailWakesBlockedSenders(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := replayqueue.New[int](replayqueue.WithMaxItems(1), replayqueue.WithOverflow(replayqueue.OverflowBlock))
+		q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](1), replayqueue.WithOverflow[int](replayqueue.Block))
 		mustSend(t, q, 1)
 		cause := errors.New("gave up reconnecting")
 		done := make(chan error, 1)
@@ -301,7 +301,7 @@ func TestFailWakesBlockedSenders(t *testing.T) {
 }
 
 func TestFailHandsBackEverythingAndRejectsAfter(t *testing.T) {
-	q := replayqueue.New[int]()
+	q := replayqueue.New[int, int]()
 	for i := range 5 {
 		mustSend(t, q, i)
 	}
@@ -328,7 +328,7 @@ func TestFailHandsBackEverythingAndRejectsAfter(t *testing.T) {
 }
 
 func TestSendFailureDisconnectsAndKeepsItem(t *testing.T) {
-	q := replayqueue.New[int]()
+	q := replayqueue.New[int, int]()
 	s := newSink[int]()
 	gen := mustConnect(t, q, s.send)
 	s.fail = 1
@@ -350,7 +350,7 @@ func TestSendFailureDisconnectsAndKeepsItem(t *testing.T) {
 }
 
 func TestConnectFlushFailureKeepsFailedItemAtHead(t *testing.T) {
-	q := replayqueue.New[int]()
+	q := replayqueue.New[int, int]()
 	for i := range 4 {
 		mustSend(t, q, i)
 	}
@@ -373,7 +373,7 @@ func TestConnectFlushFailureKeepsFailedItemAtHead(t *testing.T) {
 }
 
 func TestConnectTwiceAndStaleDisconnect(t *testing.T) {
-	q := replayqueue.New[int]()
+	q := replayqueue.New[int, int]()
 	if q.Generation() != 0 {
 		t.Fatalf("initial generation %d", q.Generation())
 	}
@@ -397,13 +397,36 @@ func TestConnectTwiceAndStaleDisconnect(t *testing.T) {
 	}
 }
 
-func TestNewPanicsOnMismatchedOptionType(t *testing.T) {
-	defer func() {
-		if r := recover(); r == nil || !strings.HasPrefix(fmt.Sprint(r), "replayqueue: ") {
-			t.Fatalf("recover() = %v, want a replayqueue: panic", r)
-		}
-	}()
-	replayqueue.New[int](replayqueue.WithMaxBytes(10, func(s string) int { return len(s) }))
+// Invalid option values panic at construction with the package prefix.
+// (An option for another element type is a compile error: Option[T].)
+func TestInvalidOptionsPanic(t *testing.T) {
+	for name, mk := range map[string]func(){
+		"max items": func() { replayqueue.WithMaxItems[int](0) },
+		"max bytes": func() { replayqueue.WithMaxBytes(0, func(int) int { return 0 }) },
+		"size func": func() { replayqueue.WithMaxBytes[int](1, nil) },
+		"overflow":  func() { replayqueue.WithOverflow[int](replayqueue.Overflow(9)) },
+		"timeout":   func() { replayqueue.WithReplayTimeout[int](0) },
+		"nil build": func() { replayqueue.New[int, int]().AddReplay("k", nil, nil) },
+		"nil send":  func() { replayqueue.New[int, int]().Connect(nil) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func() {
+				if r := recover(); r == nil || !strings.HasPrefix(fmt.Sprint(r), "replayqueue: ") {
+					t.Fatalf("recover() = %v, want a replayqueue: panic", r)
+				}
+			}()
+			mk()
+		})
+	}
+}
+
+// New skips nil options.
+func TestNilOptionsAreSkipped(t *testing.T) {
+	q := replayqueue.New[int, int](nil, replayqueue.WithMaxItems[int](1), nil)
+	mustSend(t, q, 1)
+	if err := q.Send(context.Background(), 2); !errors.Is(err, replayqueue.ErrFull) {
+		t.Fatalf("second Send with one slot: %v", err)
+	}
 }
 
 func TestParseReplayID(t *testing.T) {
@@ -462,7 +485,7 @@ func (r *replies) all() []replayqueue.Reply[string] {
 func TestReplayTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var rs replies
-		q := replayqueue.New[string](replayqueue.WithReplayTimeout(5 * time.Second))
+		q := replayqueue.New[string, string](replayqueue.WithReplayTimeout[string](5 * time.Second))
 		if err := q.AddReplay("sub", func(id replayqueue.ReplayID) string { return id.String() }, rs.on); err != nil {
 			t.Fatal(err)
 		}
@@ -495,7 +518,7 @@ func TestReplayTimeout(t *testing.T) {
 func TestReplyFromOlderGenerationIsDropped(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var rs replies
-		q := replayqueue.New[string]()
+		q := replayqueue.New[string, string]()
 		if err := q.AddReplay("sub", func(id replayqueue.ReplayID) string { return id.String() }, rs.on); err != nil {
 			t.Fatal(err)
 		}
@@ -535,7 +558,7 @@ func TestReplyFromOlderGenerationIsDropped(t *testing.T) {
 
 func TestRemovedReplayStillGetsItsPendingReply(t *testing.T) {
 	var rs replies
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	if err := q.AddReplay("sub", func(id replayqueue.ReplayID) string { return id.String() }, rs.on); err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +576,7 @@ func TestRemovedReplayStillGetsItsPendingReply(t *testing.T) {
 
 func TestCloseFailsPendingReplays(t *testing.T) {
 	var rs replies
-	q := replayqueue.New[string]()
+	q := replayqueue.New[string, string]()
 	for _, k := range []string{"a", "b"} {
 		if err := q.AddReplay(k, func(id replayqueue.ReplayID) string { return id.String() }, rs.on); err != nil {
 			t.Fatal(err)
@@ -592,7 +615,7 @@ func issue1Run(t *testing.T) {
 	t.Helper()
 	const producers, perProducer, maxReconnects = 8, 400, 20000
 	type msg struct{ p, n int }
-	q := replayqueue.New[msg](replayqueue.WithMaxItems(producers*perProducer), replayqueue.WithOverflow(replayqueue.OverflowBlock))
+	q := replayqueue.New[msg, msg](replayqueue.WithMaxItems[msg](producers*perProducer), replayqueue.WithOverflow[msg](replayqueue.Block))
 	var mu sync.Mutex
 	var got []msg
 	send := func(m msg) error {
@@ -655,7 +678,7 @@ func TestConcurrentReconnectsWithReplaySet(t *testing.T) {
 		id     string
 		p, n   int
 	}
-	q := replayqueue.New[frame](replayqueue.WithMaxItems(producers*perProducer), replayqueue.WithOverflow(replayqueue.OverflowBlock))
+	q := replayqueue.New[frame, frame](replayqueue.WithMaxItems[frame](producers*perProducer), replayqueue.WithOverflow[frame](replayqueue.Block))
 	var cbMu sync.Mutex
 	callbacks := map[string]int{}
 	for _, k := range []string{"a", "b", "c"} {
@@ -783,7 +806,7 @@ func idString(raw json.RawMessage) string {
 // subscription id, and a client request reusing the original id 1 gets its
 // own reply forwarded untouched.
 func TestIssue2_ReplayedSubscribeReplyNeverReachesClient(t *testing.T) {
-	q := replayqueue.New[[]byte]()
+	q := replayqueue.New[[]byte, []byte]()
 	var toClient [][]byte
 	var upstreamSubs = map[string]string{} // new upstream sub id -> client's sub id
 	var replayErrs []string
@@ -913,15 +936,15 @@ func jsonHas(b []byte, parts ...string) bool {
 // the queue (a regression deadlocks, and go test -timeout reports it).
 func TestCallbacksMayCallBackIntoQueue(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var q *replayqueue.Queue[string]
+		var q *replayqueue.Queue[string, string]
 		var seen []string
-		q = replayqueue.New[string](
-			replayqueue.WithMaxItems(1),
-			replayqueue.WithOverflow(replayqueue.OverflowDropOldest),
+		q = replayqueue.New[string, string](
+			replayqueue.WithMaxItems[string](1),
+			replayqueue.WithOverflow[string](replayqueue.DropOldest),
 			replayqueue.WithDropped(func(s string, _ error) {
 				seen = append(seen, fmt.Sprintf("dropped %s, %d buffered", s, q.Len()))
 			}),
-			replayqueue.WithReplayTimeout(time.Second),
+			replayqueue.WithReplayTimeout[string](time.Second),
 		)
 		err := q.AddReplay("sub", func(id replayqueue.ReplayID) string { return "sub" }, func(r replayqueue.Reply[string]) {
 			// Re-register from the callback, as a proxy does after a
@@ -958,7 +981,7 @@ func TestCallbacksMayCallBackIntoQueue(t *testing.T) {
 // Sending while connected, and buffering once the ring has grown, allocate
 // nothing (issue #5 targets; the benchmarks measure the time).
 func TestSteadyStateDoesNotAllocate(t *testing.T) {
-	q := replayqueue.New[int](replayqueue.WithMaxItems(64))
+	q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](64))
 	send := func(int) error { return nil }
 	ctx := context.Background()
 	gen := mustConnect(t, q, send)
@@ -982,7 +1005,7 @@ func TestSteadyStateDoesNotAllocate(t *testing.T) {
 	q.Close()
 }
 
-// TestEvictionWithoutCallbackIsLogged: with OverflowDropOldest and no
+// TestEvictionWithoutCallbackIsLogged: with DropOldest and no
 // WithDropped callback, an eviction still leaves a trace in the log, so no
 // item is dropped silently.
 func TestEvictionWithoutCallbackIsLogged(t *testing.T) {
@@ -991,9 +1014,9 @@ func TestEvictionWithoutCallbackIsLogged(t *testing.T) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
 	defer slog.SetDefault(old)
 
-	q := replayqueue.New[string](
-		replayqueue.WithMaxItems(2),
-		replayqueue.WithOverflow(replayqueue.OverflowDropOldest),
+	q := replayqueue.New[string, string](
+		replayqueue.WithMaxItems[string](2),
+		replayqueue.WithOverflow[string](replayqueue.DropOldest),
 	)
 	defer q.Close()
 	for _, s := range []string{"a", "b", "c", "d"} {
@@ -1005,7 +1028,7 @@ func TestEvictionWithoutCallbackIsLogged(t *testing.T) {
 		t.Fatalf("Stats().Dropped = %d, want 2", got)
 	}
 	logged := buf.String()
-	if n := strings.Count(logged, "evicted=1"); n != 2 {
+	if n := strings.Count(logged, `dropped=1 reason="replayqueue: evicted to make room"`); n != 2 {
 		t.Fatalf("want one warning per evicting Send (2), got %d in log:\n%s", n, logged)
 	}
 	if !strings.Contains(logged, "level=WARN") {

@@ -109,7 +109,7 @@ var payload = []byte(`{"text":"hello"}`)
 func BenchmarkSendQueue(b *testing.B) {
 	ok := func(context.Context, Item[[]byte]) error { return nil }
 	b.Run("enqueue-deliver/steadfast", func(b *testing.B) {
-		q := New(ok, WithCapacity(1<<16))
+		q := New(ok, WithCapacity[[]byte](1<<16))
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := q.Push(Item[[]byte]{Value: payload}); err != nil {
@@ -122,7 +122,7 @@ func BenchmarkSendQueue(b *testing.B) {
 		if err := q.Flush(context.Background()); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := q.Close(context.Background()); err != nil {
+		if err := q.Close(); err != nil {
 			b.Fatal(err)
 		}
 	})
@@ -141,7 +141,7 @@ func BenchmarkSendQueue(b *testing.B) {
 		q.close()
 	})
 	b.Run("enqueue-deliver-parallel/steadfast", func(b *testing.B) {
-		q := New(ok, WithCapacity(1<<16))
+		q := New(ok, WithCapacity[[]byte](1<<16))
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
@@ -156,7 +156,7 @@ func BenchmarkSendQueue(b *testing.B) {
 		if err := q.Flush(context.Background()); err != nil {
 			b.Fatal(err)
 		}
-		q.Close(context.Background())
+		q.Close()
 	})
 	b.Run("enqueue-deliver-parallel/naive", func(b *testing.B) {
 		q := newNaive(1<<16, func(string, []byte) error { return nil })
@@ -176,7 +176,7 @@ func BenchmarkSendQueue(b *testing.B) {
 	})
 	const batch = 10_000
 	b.Run("flush-10k/steadfast", func(b *testing.B) {
-		q := New(ok, WithCapacity(batch))
+		q := New(ok, WithCapacity[[]byte](batch))
 		b.ReportAllocs()
 		for b.Loop() {
 			b.StopTimer()
@@ -193,7 +193,7 @@ func BenchmarkSendQueue(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/item")
-		q.Close(context.Background())
+		q.Close()
 	})
 	b.Run("flush-10k/naive", func(b *testing.B) {
 		q := newNaive(batch, func(string, []byte) error { return nil })

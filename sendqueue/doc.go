@@ -20,7 +20,7 @@
 //   - The cap (items, and optionally bytes) counts the item being sent and
 //     holds at every instant. When full, Push either fails with [ErrFull]
 //     ([RejectNew], the default) or evicts the oldest Retry items
-//     ([EvictOldest]).
+//     ([DropOldest]).
 //   - Each item has a policy: [Retry] (tried until delivered) or
 //     [FireAndForget] (one attempt, for "stop" or "interrupt").
 //   - Send errors are classified ([DefaultClassifier] or your own): retry
@@ -30,14 +30,17 @@
 //     exponential and never gives up.
 //   - Every item carries an idempotency key, generated if the caller gives
 //     none, so a receiver that deduplicates executes a retried send once.
-//   - Nothing is dropped silently: every eviction, drop, give-up and item
-//     left at Close is passed to the [WithReport] function (or logged with
-//     log/slog), and settles the item's [Ticket] with the reason.
+//   - Each item has exactly one fate: delivered, or reported once to the
+//     [WithReport] function (or logged with log/slog) when it is evicted,
+//     dropped, given up or left at Close. A failed item's [Ticket] settles
+//     with the same reason after the report has returned, and the reason
+//     carries the item's last send error, if a send of it had failed.
 //   - A panic in the send function or the classifier fails that one item
 //     (reported with [ErrDropped]) instead of crashing the program from the
 //     delivery goroutine.
-//   - [Queue.Close] waits for the delivery goroutine and hands back the
-//     items still queued.
+//   - [Queue.Close] cancels a running send, waits for the delivery
+//     goroutine, and reports the items still queued; [Queue.Flush] first
+//     delivers everything.
 //
 // # Usage
 //
@@ -46,7 +49,7 @@
 //	}, sendqueue.WithReport(func(r sendqueue.Report[Msg]) {
 //		slog.Warn("message not sent", "key", r.Item.Key, "err", r.Err)
 //	}))
-//	defer q.Close(context.Background())
+//	defer q.Close()
 //
 //	t, err := q.Push(sendqueue.Item[Msg]{Value: msg}) // ErrFull when at the cap
 //	q.Push(sendqueue.Item[Msg]{Value: stop, Policy: sendqueue.FireAndForget})

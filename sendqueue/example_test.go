@@ -26,7 +26,7 @@ func Example() {
 		return
 	}
 	fmt.Println(t.Wait(context.Background()), t.Status(), t.Key())
-	q.Close(context.Background())
+	q.Close()
 	// Output:
 	// POST /send hello
 	// <nil> delivered msg-1
@@ -44,11 +44,11 @@ func Example_retry() {
 		}
 		fmt.Println("POST", it.Value, "-> 200")
 		return nil
-	}, sendqueue.WithBackOff(noWait{}))
+	}, sendqueue.WithBackOff[string](noWait{}))
 	q.Push(sendqueue.Item[string]{Value: "first"})
 	q.Push(sendqueue.Item[string]{Value: "second"})
 	q.Flush(context.Background())
-	q.Close(context.Background())
+	q.Close()
 	// Output:
 	// POST first -> 404
 	// POST first -> 404
@@ -76,7 +76,7 @@ func Example_pauseResume() {
 	fmt.Println("queued:", q.Len())
 	q.Resume() // reconnected
 	q.Flush(context.Background())
-	q.Close(context.Background())
+	q.Close()
 	// Output:
 	// queued: 3
 	// POST one -> 200
@@ -85,12 +85,12 @@ func Example_pauseResume() {
 	// POST two -> 200
 }
 
-// When full, the queue rejects new items by default; EvictOldest makes room
+// When full, the queue rejects new items by default; DropOldest makes room
 // instead, and reports what it evicted.
 func ExampleWithOverflow() {
 	q := sendqueue.New(func(ctx context.Context, it sendqueue.Item[int]) error { return nil },
-		sendqueue.WithCapacity(2),
-		sendqueue.WithOverflow(sendqueue.EvictOldest),
+		sendqueue.WithCapacity[int](2),
+		sendqueue.WithOverflow[int](sendqueue.DropOldest),
 		sendqueue.WithReport(func(r sendqueue.Report[int]) {
 			fmt.Printf("not sent %d: %v\n", r.Item.Value, r.Err)
 		}))
@@ -98,14 +98,9 @@ func ExampleWithOverflow() {
 	for i := 1; i <= 3; i++ {
 		q.Push(sendqueue.Item[int]{Value: i})
 	}
-	left, _ := q.Close(context.Background())
-	for _, it := range left {
-		fmt.Println("left", it.Value)
-	}
+	q.Close() // items still queued are reported, not returned
 	// Output:
 	// not sent 1: sendqueue: evicted to make room
 	// not sent 2: sendqueue: queue closed
 	// not sent 3: sendqueue: queue closed
-	// left 2
-	// left 3
 }

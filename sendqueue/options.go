@@ -29,89 +29,93 @@ type BackOff interface {
 }
 
 // Overflow chooses what [Queue.Push] does when the queue is full. The zero
-// value is [RejectNew].
+// value is [RejectNew]. The names are shared with replayqueue, where they
+// mean the same thing.
 type Overflow uint8
 
 const (
 	// RejectNew (the default) makes Push fail with [ErrFull] and leaves the
 	// queue unchanged.
 	RejectNew Overflow = iota
-	// EvictOldest makes room by removing the oldest queued Retry items
-	// (never the item being sent, never FireAndForget items). Each evicted
+	// DropOldest makes room by removing the oldest queued Retry items
+	// (never the item being sent, never FireAndForget items). Each dropped
 	// item is reported with [ErrEvicted] and its ticket settles with
 	// ErrEvicted. If the evictable items cannot make room, Push fails with
-	// ErrFull and nothing is evicted.
-	EvictOldest
+	// ErrFull and nothing is dropped.
+	DropOldest
 )
 
-// String returns "reject-new" or "evict-oldest".
+// String returns "reject-new" or "drop-oldest".
 func (o Overflow) String() string {
 	switch o {
 	case RejectNew:
 		return "reject-new"
-	case EvictOldest:
-		return "evict-oldest"
+	case DropOldest:
+		return "drop-oldest"
 	}
 	return fmt.Sprintf("Overflow(%d)", uint8(o))
 }
 
-// An Option configures a [Queue] in [New]. Options are immutable values,
-// safe to reuse for several queues (except a [WithBackOff] value).
-type Option interface {
-	apply(*config)
+// An Option configures a [Queue] of element type T in [New]; an option for
+// another element type does not compile. Options are immutable values, safe
+// to reuse for several queues (except a [WithBackOff] value). Invalid
+// option values make the With function panic, so a bad configuration fails
+// at construction, not at the first Push.
+type Option[T any] interface {
+	apply(*config[T])
 }
 
-type optionFunc func(*config)
+type optionFunc[T any] func(*config[T])
 
-func (f optionFunc) apply(c *config) { f(c) }
+func (f optionFunc[T]) apply(c *config[T]) { f(c) }
 
-type config struct {
+type config[T any] struct {
 	capacity    int
 	maxBytes    int64
-	size        any // func(T) int, checked in New
+	size        func(T) int
 	overflow    Overflow
 	classify    func(error) Class
 	backoff     BackOff
 	maxAttempts int
-	report      any // func(Report[T]), checked in New
+	report      func(Report[T])
 }
 
 // WithCapacity caps the number of queued items, the one being sent included.
 // The default is [DefaultCapacity]. It panics if n < 1.
-func WithCapacity(n int) Option {
+func WithCapacity[T any](n int) Option[T] {
 	if n < 1 {
 		panic("sendqueue: WithCapacity needs n >= 1")
 	}
-	return optionFunc(func(c *config) { c.capacity = n })
+	return optionFunc[T](func(c *config[T]) { c.capacity = n })
 }
 
 // WithMaxBytes also caps the total size of the queued items, the one being
 // sent included, as measured by size (called once per item, in Push). A
-// single item larger than n is rejected with [ErrTooLarge]. The type of size
-// must match the queue's element type, or New panics. WithMaxBytes panics if
-// n < 1 or size is nil.
-func WithMaxBytes[T any](n int64, size func(T) int) Option {
+// single item larger than n is rejected with [ErrTooLarge]. WithMaxBytes
+// panics if n < 1 or size is nil.
+func WithMaxBytes[T any](n int64, size func(T) int) Option[T] {
 	if n < 1 || size == nil {
 		panic("sendqueue: WithMaxBytes needs n >= 1 and a size function")
 	}
-	return optionFunc(func(c *config) { c.maxBytes, c.size = n, size })
+	return optionFunc[T](func(c *config[T]) { c.maxBytes, c.size = n, size })
 }
 
 // WithOverflow sets what Push does when the queue is full. The default is
 // [RejectNew].
-func WithOverflow(o Overflow) Option {
-	if o > EvictOldest {
+// It panics on an unknown Overflow.
+func WithOverflow[T any](o Overflow) Option[T] {
+	if o > DropOldest {
 		panic("sendqueue: unknown Overflow")
 	}
-	return optionFunc(func(c *config) { c.overflow = o })
+	return optionFunc[T](func(c *config[T]) { c.overflow = o })
 }
 
 // WithClassifier sets how send errors are classified. The default is
 // [DefaultClassifier]. A nil classify restores the default. A Class other
 // than the three defined ones counts as [ClassRetry]; a panic in classify
 // counts as [ClassDrop], and the reported error carries the panic value.
-func WithClassifier(classify func(error) Class) Option {
-	return optionFunc(func(c *config) { c.classify = classify })
+func WithClassifier[T any](classify func(error) Class) Option[T] {
+	return optionFunc[T](func(c *config[T]) { c.classify = classify })
 }
 
 // WithBackOff sets the wait between attempts of a failed item. The default
@@ -119,24 +123,23 @@ func WithClassifier(classify func(error) Class) Option {
 // jitter) that never gives up. b is used only by the queue's delivery
 // goroutine and must not be shared with another Queue. A nil b restores the
 // default.
-func WithBackOff(b BackOff) Option {
-	return optionFunc(func(c *config) { c.backoff = b })
+func WithBackOff[T any](b BackOff) Option[T] {
+	return optionFunc[T](func(c *config[T]) { c.backoff = b })
 }
 
 // WithMaxAttempts makes a Retry item fail with [ErrGaveUp] after n attempts
 // (attempts that failed with a [ClassPause] error count too). The default,
 // 0, never gives up. It panics if n < 0.
-func WithMaxAttempts(n int) Option {
+func WithMaxAttempts[T any](n int) Option[T] {
 	if n < 0 {
 		panic("sendqueue: WithMaxAttempts needs n >= 0")
 	}
-	return optionFunc(func(c *config) { c.maxAttempts = n })
+	return optionFunc[T](func(c *config[T]) { c.maxAttempts = n })
 }
 
 // WithReport sets the function that receives every item that leaves the
 // queue without being delivered: evictions, dropped or given-up items, and
-// items still queued at Close. The type of report must match the queue's
-// element type, or New panics. Without WithReport those events are logged
+// items still queued at Close. Without WithReport those events are logged
 // with [log/slog]'s default logger at Warn level, so nothing is ever lost
 // silently.
 //
@@ -146,12 +149,10 @@ func WithMaxAttempts(n int) Option {
 // Len, Push, Pause or Resume, but must not call Close or Flush (they wait
 // for the delivery goroutine, which may be the one calling report). report
 // must not panic: a panic on the delivery goroutine is not recovered.
-func WithReport[T any](report func(Report[T])) Option {
-	return optionFunc(func(c *config) {
-		if report == nil {
-			c.report = nil
-			return
-		}
-		c.report = report
-	})
+//
+// Each item reaches report at most once, and its [Ticket] settles only
+// after report has returned, so a goroutine that waits on the ticket sees
+// everything report did. A nil report restores the default.
+func WithReport[T any](report func(Report[T])) Option[T] {
+	return optionFunc[T](func(c *config[T]) { c.report = report })
 }

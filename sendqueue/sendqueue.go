@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/steadfast-go/steadfast/internal/ring"
 )
 
 // Errors returned by Push, Flush and Close, and wrapped by the reasons in
@@ -24,11 +24,11 @@ var (
 	ErrTooLarge = errors.New("sendqueue: item larger than the byte limit")
 	// ErrInvalid: the item has an unknown Policy or a negative size.
 	ErrInvalid = errors.New("sendqueue: invalid item")
-	// ErrClosed: the queue is closed. Items still queued at Close fail
-	// with it.
+	// ErrClosed: the queue is closed. Items still queued at Close are
+	// reported with it.
 	ErrClosed = errors.New("sendqueue: queue closed")
 	// ErrEvicted: the item was removed to make room for a newer one
-	// (EvictOldest).
+	// (DropOldest).
 	ErrEvicted = errors.New("sendqueue: evicted to make room")
 	// ErrDropped: the send failed with an error classified [ClassDrop].
 	ErrDropped = errors.New("sendqueue: dropped after a permanent send error")
@@ -74,9 +74,8 @@ func (p Policy) String() string {
 type Item[T any] struct {
 	// Key is the idempotency key a deduplicating receiver uses to execute a
 	// retried send only once (e.g. a client message id). If empty, Push
-	// generates one that is unique for the process's lifetime (a random
-	// per-queue prefix and a counter, 33 bytes; generated keys are cut
-	// from a shared 1 KiB block, so holding one keeps its block alive).
+	// generates one that is unique for the process's lifetime: a random
+	// per-queue prefix and a counter, 33 bytes.
 	Key string
 	// Policy is Retry (the zero value) or FireAndForget.
 	Policy Policy
@@ -89,9 +88,12 @@ type Item[T any] struct {
 type Report[T any] struct {
 	Item Item[T] // the item, with its key
 	// Err is why: it wraps ErrEvicted, ErrDropped, ErrGaveUp or ErrClosed
-	// and, when a send failed, that send's error.
-	Err      error
-	Attempts int // how many times the item was sent
+	// and, when a send of the item had failed, the last send error, so
+	// errors.Is matches both (an item that got a 404 and was then evicted
+	// is both ErrEvicted and the 404).
+	Err error
+	// Attempts is how many times the item was sent.
+	Attempts int
 }
 
 // Queue is a capped FIFO queue of outgoing sends with one delivery
@@ -103,6 +105,12 @@ type Report[T any] struct {
 // settled; a failed Retry item keeps its place at the head, so an item is
 // never sent before an older one that is still queued. The cap counts the
 // item being sent, and no path (Push, retry, Resume) can exceed it.
+//
+// Each pushed item has exactly one fate: delivered (its ticket settles
+// Delivered), or failed (it is reported once to the [WithReport] function
+// and then its ticket settles Failed with the same reason). Nothing is
+// handed back to the caller: items left at Close are reported, not
+// returned.
 type Queue[T any] struct {
 	// Immutable after New.
 	send        func(context.Context, Item[T]) error
@@ -114,27 +122,25 @@ type Queue[T any] struct {
 	size        func(T) int
 	overflow    Overflow
 	report      func(Report[T])
-	keyPrefix   string
+	keyPrefix   string          // random, hex, per Queue
 	sendCtx     context.Context // passed to send; canceled by Close
 	cancel      context.CancelFunc
 	wake        chan struct{} // cap 1: work arrived, or Resume
 	stop        chan struct{} // closed by Close
 	loopDone    chan struct{} // closed when the delivery goroutine exits
 
-	mu        sync.Mutex // protects the fields below and every queued Ticket
-	buf       []slot[T]  // ring buffer; grows up to capacity
-	head, n   int        // first element, element count
-	bytes     int64      // total size of queued items
-	sending   bool       // a send of the head item is running
+	mu        sync.Mutex // protects the fields below
+	buf       ring.Buffer[slot[T]]
+	bytes     int64 // total size of queued items
+	sending   bool  // a send of the head item is running
 	paused    bool
 	closed    bool
 	abandoned bool          // Close found items still queued
 	idle      bool          // the loop waits for work and needs a wake
 	resumeGen uint64        // counts Resume calls
-	empty     chan struct{} // made by Flush; closed when n reaches 0
-	keyBlock  string        // keysPerBlock generated keys, back to back
-	keyIdx    int           // next unused key in keyBlock
-	keyCtr    uint64        // counter part of the next generated block
+	settling  int           // items out of buf whose tickets have not settled
+	empty     chan struct{} // made by Flush; closed when nothing is queued or settling
+	keyCtr    uint64        // counter part of the next generated key
 }
 
 // slot is one queued item, held by value in the ring buffer so that a Push
@@ -142,32 +148,44 @@ type Queue[T any] struct {
 type slot[T any] struct {
 	item     Item[T]
 	size     int
-	attempts int // written only by the delivery goroutine (and Close after it)
+	attempts int   // written only by the delivery goroutine
+	lastErr  error // the last send error, nil if no send failed
 	ticket   *Ticket
+}
+
+// reason wraps sentinel (ErrEvicted or ErrClosed) with the item's last send
+// error, if a send of it had failed.
+func (s *slot[T]) reason(sentinel error) error {
+	if s.lastErr == nil {
+		return sentinel
+	}
+	return fmt.Errorf("%w (last send error: %w)", sentinel, s.lastErr)
 }
 
 // New returns a Queue that delivers items with send and starts its delivery
 // goroutine; call [Queue.Close] to stop it.
 //
 // send is called from that one goroutine, never concurrently with itself,
-// with the head item and a context that Close cancels if its own context
-// ends first. A nil error means delivered. Otherwise the error is classified
-// (see [DefaultClassifier]): Retry items stay at the head and are tried
-// again after the back-off, or when Resume is called; Pause-class errors also
-// pause the queue. A panic in send does not crash the program: the attempt
-// fails, and the item is dropped and reported with [ErrDropped] and an error
-// carrying the panic value (sending it again would most likely panic again).
-// send may call Push, Len, Pause or Resume, but not Close or Flush: they
-// wait for the delivery goroutine, which is the one running send.
+// with the head item and a context that Close cancels. A nil error means
+// delivered. Otherwise the error is classified (see [DefaultClassifier]):
+// Retry items stay at the head and are tried again after the back-off, or
+// when Resume is called; Pause-class errors also pause the queue. A panic in
+// send does not crash the program: the attempt fails, and the item is
+// dropped and reported with [ErrDropped] and an error carrying the panic
+// value (sending it again would most likely panic again). send may call
+// Push, Len, Pause or Resume, but not Close or Flush: they wait for the
+// delivery goroutine, which is the one running send.
 //
-// New panics if send is nil or an option's type parameter does not match T.
-func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option) *Queue[T] {
+// New skips nil options. It panics if send is nil.
+func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option[T]) *Queue[T] {
 	if send == nil {
 		panic("sendqueue: New needs a send function")
 	}
-	c := config{capacity: DefaultCapacity}
+	c := config[T]{capacity: DefaultCapacity}
 	for _, o := range opts {
-		o.apply(&c)
+		if o != nil {
+			o.apply(&c)
+		}
 	}
 	q := &Queue[T]{
 		send:        send,
@@ -176,7 +194,9 @@ func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option
 		maxAttempts: c.maxAttempts,
 		capacity:    c.capacity,
 		maxBytes:    c.maxBytes,
+		size:        c.size,
 		overflow:    c.overflow,
+		report:      c.report,
 		wake:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		loopDone:    make(chan struct{}),
@@ -187,26 +207,12 @@ func New[T any](send func(ctx context.Context, it Item[T]) error, opts ...Option
 	if q.bo == nil {
 		q.bo = DefaultBackOff()
 	}
-	if c.size != nil {
-		size, ok := c.size.(func(T) int)
-		if !ok {
-			panic(fmt.Sprintf("sendqueue: WithMaxBytes size function is %T, want func(%T) int", c.size, *new(T)))
-		}
-		q.size = size
-	}
-	if c.report != nil {
-		report, ok := c.report.(func(Report[T]))
-		if !ok {
-			panic(fmt.Sprintf("sendqueue: WithReport function is %T, want func(sendqueue.Report[%T])", c.report, *new(T)))
-		}
-		q.report = report
-	} else {
+	if q.report == nil {
 		q.report = logReport[T]
 	}
 	var p [8]byte
 	_, _ = rand.Read(p[:]) // crypto/rand.Read never fails
-	q.keyPrefix = hex.EncodeToString(p[:])
-	q.buf = make([]slot[T], min(q.capacity, 16))
+	q.keyPrefix = hex.EncodeToString(p[:]) + "-"
 	q.sendCtx, q.cancel = context.WithCancel(context.Background())
 	go q.run()
 	return q
@@ -230,39 +236,29 @@ func logReport[T any](r Report[T]) {
 // unique key is generated (see [Item]). Push never blocks on the send.
 //
 // When the queue is at its cap, the overflow policy decides: RejectNew
-// returns ErrFull; EvictOldest evicts the oldest Retry items not being sent
-// (each is reported with ErrEvicted) or, if that cannot make room, returns
-// ErrFull without evicting anything.
+// returns ErrFull; DropOldest evicts the oldest Retry items not being sent
+// (each is reported with ErrEvicted, then its ticket settles) or, if that
+// cannot make room, returns ErrFull without evicting anything.
 //
-// Errors: [ErrFull], [ErrTooLarge], [ErrInvalid], [ErrClosed]. On error the
-// queue is unchanged and the item was not queued.
+// Errors, in this order of precedence: [ErrClosed] once Close has been
+// called (whatever the item); [ErrInvalid]; [ErrTooLarge]; [ErrFull]. On
+// error the queue is unchanged and the item was not queued.
 func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
-	if it.Policy > FireAndForget {
-		return nil, fmt.Errorf("%w: unknown policy %d", ErrInvalid, it.Policy)
-	}
 	size := 0
 	if q.size != nil {
-		size = q.size(it.Value)
-		if size < 0 {
-			return nil, fmt.Errorf("%w: negative size %d", ErrInvalid, size)
-		}
-		if int64(size) > q.maxBytes {
-			return nil, ErrTooLarge
-		}
+		size = q.size(it.Value) // user code: outside the lock
 	}
 	t := new(Ticket)
-	var evicted []slot[T]
 	q.mu.Lock()
-	if q.closed {
+	if err := q.check(it, size); err != nil {
 		q.mu.Unlock()
-		return nil, ErrClosed
+		return nil, err
 	}
-	if q.n >= q.capacity || (q.maxBytes > 0 && q.bytes+int64(size) > q.maxBytes) {
-		if q.overflow == RejectNew {
-			q.mu.Unlock()
-			return nil, ErrFull
+	var evicted []slot[T]
+	if !q.fits(size) {
+		if q.overflow == DropOldest {
+			evicted = q.evictFor(size)
 		}
-		evicted = q.evictFor(size)
 		if evicted == nil {
 			q.mu.Unlock()
 			return nil, ErrFull
@@ -272,7 +268,8 @@ func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
 		it.Key = q.nextKey()
 	}
 	t.key = it.Key
-	q.pushBack(slot[T]{item: it, size: size, ticket: t})
+	q.buf.PushBack(slot[T]{item: it, size: size, ticket: t})
+	q.bytes += int64(size)
 	if q.idle {
 		q.idle = false
 		select {
@@ -281,270 +278,131 @@ func (q *Queue[T]) Push(it Item[T]) (*Ticket, error) {
 		}
 	}
 	q.mu.Unlock()
-	for _, v := range evicted {
-		q.report(Report[T]{Item: v.item, Err: ErrEvicted, Attempts: v.attempts})
-	}
+	q.fail(evicted, ErrEvicted)
 	return t, nil
 }
 
+// check returns the error, if any, that Push must fail with before looking
+// at the room left. The caller holds q.mu.
+func (q *Queue[T]) check(it Item[T], size int) error {
+	switch {
+	case q.closed:
+		return ErrClosed
+	case it.Policy > FireAndForget:
+		return fmt.Errorf("%w: unknown policy %d", ErrInvalid, it.Policy)
+	case size < 0:
+		return fmt.Errorf("%w: negative size %d", ErrInvalid, size)
+	case q.maxBytes > 0 && int64(size) > q.maxBytes:
+		return ErrTooLarge
+	}
+	return nil
+}
+
+// fits reports whether one more item of the given size fits under both
+// caps. The caller holds q.mu.
+func (q *Queue[T]) fits(size int) bool {
+	return q.buf.Len() < q.capacity && (q.maxBytes == 0 || q.bytes+int64(size) <= q.maxBytes)
+}
+
 // evictFor removes the oldest evictable items so that one more item of the
-// given size fits, settles their tickets and returns them. It returns nil
-// and changes nothing if that is impossible. The caller holds q.mu.
+// given size fits and returns them, in queue order, for the caller to
+// report and settle once q.mu is released. It returns nil and changes
+// nothing if that is impossible. The caller holds q.mu.
 func (q *Queue[T]) evictFor(size int) []slot[T] {
-	needN := q.n + 1 - q.capacity
-	needB := int64(0)
-	if q.maxBytes > 0 {
-		needB = q.bytes + int64(size) - q.maxBytes
-	}
-	var victims []int // indexes, in queue order
-	for i := 0; i < q.n && (needN > 0 || needB > 0); i++ {
-		s := q.at(i)
-		if (i == 0 && q.sending) || s.item.Policy != Retry {
-			continue
-		}
-		victims = append(victims, i)
-		needN--
-		needB -= int64(s.size)
-	}
-	if needN > 0 || needB > 0 {
+	victims := pickVictims(q.buf.Len(), q.capacity, q.bytes, q.maxBytes, size, q.sending,
+		func(i int) (Policy, int) { s := q.buf.At(i); return s.item.Policy, s.size })
+	if victims == nil {
 		return nil
 	}
 	evicted := make([]slot[T], 0, len(victims))
 	j := 0
-	for i := range q.n {
-		s := q.at(i)
+	for i := range q.buf.Len() {
+		s := q.buf.At(i)
 		if len(evicted) < len(victims) && i == victims[len(evicted)] {
 			evicted = append(evicted, *s)
 			q.bytes -= int64(s.size)
-			s.ticket.settle(Failed, ErrEvicted)
 			continue
 		}
-		*q.at(j) = *s
+		*q.buf.At(j) = *s
 		j++
 	}
-	for i := j; i < q.n; i++ {
-		*q.at(i) = slot[T]{}
-	}
-	q.n = j
+	q.buf.Truncate(j)
+	q.settling += len(evicted)
 	return evicted
 }
 
-const (
-	keysPerBlock = 32
-	keyLen       = 16 + 1 + 16 // hex prefix, '-', hex counter
-)
+// pickVictims is the eviction rule: the indexes, oldest first, of the
+// fewest oldest items whose removal makes room for one more item of the
+// given size. The head is skipped while it is being sent, and so is every
+// FireAndForget item. It returns nil if no choice makes room. item(i)
+// returns the policy and size of the i-th queued item.
+func pickVictims(n, capacity int, bytes, maxBytes int64, size int, sending bool, item func(int) (Policy, int)) []int {
+	needN := n + 1 - capacity
+	needB := int64(0)
+	if maxBytes > 0 {
+		needB = bytes + int64(size) - maxBytes
+	}
+	victims := []int{} // not nil: nil means "impossible"
+	for i := 0; i < n && (needN > 0 || needB > 0); i++ {
+		policy, sz := item(i)
+		if (i == 0 && sending) || policy != Retry {
+			continue
+		}
+		victims = append(victims, i)
+		needN--
+		needB -= int64(sz)
+	}
+	if needN > 0 || needB > 0 {
+		return nil
+	}
+	return victims
+}
 
-// nextKey returns a fresh key. Keys are cut from a block of keysPerBlock
-// keys built at once, so a key costs 1/keysPerBlock of an allocation. The
+// fail reports each of the slots with the given sentinel (and its last send
+// error), then settles its ticket, in that order, so that a goroutine that
+// waits on a ticket sees what the report did. The slots have left the
+// buffer and were counted in q.settling; the caller does not hold q.mu.
+func (q *Queue[T]) fail(slots []slot[T], sentinel error) {
+	if len(slots) == 0 {
+		return
+	}
+	for i := range slots {
+		s := &slots[i]
+		reason := s.reason(sentinel)
+		q.report(Report[T]{Item: s.item, Err: reason, Attempts: s.attempts})
+		s.ticket.settle(Failed, reason)
+	}
+	q.mu.Lock()
+	q.settling -= len(slots)
+	q.signalEmpty()
+	q.mu.Unlock()
+}
+
+// signalEmpty wakes Flush callers when nothing is queued or settling. The
 // caller holds q.mu.
-func (q *Queue[T]) nextKey() string {
-	if q.keyIdx == 0 {
-		const digits = "0123456789abcdef"
-		// keyCtr is a multiple of keysPerBlock (32), so within a block
-		// only the last two hex digits change, without carry.
-		var tmpl [keyLen]byte
-		copy(tmpl[:], q.keyPrefix)
-		tmpl[16] = '-'
-		c := q.keyCtr
-		for i := keyLen - 1; i > 16; i-- {
-			tmpl[i] = digits[c&15]
-			c >>= 4
-		}
-		low := byte(q.keyCtr)
-		// A Builder hands over its buffer without the copy that
-		// string([]byte) makes.
-		var sb strings.Builder
-		sb.Grow(keysPerBlock * keyLen)
-		for i := range keysPerBlock {
-			n := low | byte(i)
-			tmpl[keyLen-2], tmpl[keyLen-1] = digits[n>>4], digits[n&15]
-			sb.Write(tmpl[:])
-		}
-		q.keyCtr += keysPerBlock
-		q.keyBlock = sb.String()
-	}
-	k := q.keyBlock[q.keyIdx*keyLen : (q.keyIdx+1)*keyLen]
-	q.keyIdx = (q.keyIdx + 1) % keysPerBlock
-	return k
-}
-
-// Ring buffer helpers; the caller holds q.mu.
-
-// at returns the i-th queued slot (0 is the head).
-func (q *Queue[T]) at(i int) *slot[T] {
-	i += q.head
-	if i >= len(q.buf) {
-		i -= len(q.buf)
-	}
-	return &q.buf[i]
-}
-
-func (q *Queue[T]) pushBack(s slot[T]) {
-	if q.n == len(q.buf) {
-		nb := make([]slot[T], min(2*len(q.buf), q.capacity))
-		for i := range q.n {
-			nb[i] = *q.at(i)
-		}
-		q.buf, q.head = nb, 0
-	}
-	*q.at(q.n) = s
-	q.n++
-	q.bytes += int64(s.size)
-}
-
-func (q *Queue[T]) popHead() {
-	q.bytes -= int64(q.buf[q.head].size)
-	q.buf[q.head] = slot[T]{} // let the item be collected
-	q.head++
-	if q.head == len(q.buf) {
-		q.head = 0
-	}
-	q.n--
-	if q.n == 0 && q.empty != nil {
+func (q *Queue[T]) signalEmpty() {
+	if q.buf.Len() == 0 && q.settling == 0 && q.empty != nil {
 		close(q.empty)
 		q.empty = nil
 	}
 }
 
-// run is the delivery goroutine: peek at the head, send it, then commit.
-func (q *Queue[T]) run() {
-	defer close(q.loopDone)
-	var (
-		boEntry *Ticket // the item the back-off state belongs to
-		boGen   uint64  // resumeGen when the back-off was last reset
-	)
-	q.mu.Lock()
-	for {
-		for !q.closed && (q.paused || q.n == 0) {
-			q.idle = true
-			q.mu.Unlock()
-			select {
-			case <-q.wake:
-			case <-q.stop:
-			}
-			q.mu.Lock()
-			q.idle = false
-		}
-		if q.closed {
-			q.mu.Unlock()
-			return
-		}
-		// The head cannot change while sending is set: Push does not
-		// evict it and Close waits for this goroutine before emptying.
-		head := &q.buf[q.head]
-		item, ticket, attempts := head.item, head.ticket, head.attempts+1
-		// Read the ticket now: its cache line then arrives during the
-		// send instead of stalling the atomic store in settle.
-		_ = ticket.Status()
-		q.sending = true
-		gen := q.resumeGen
-		q.mu.Unlock()
-
-		err, panicked := q.trySend(item)
-		var (
-			class  Class
-			reason error
-			wait   time.Duration
-		)
-		if err != nil {
-			if panicked {
-				class = ClassDrop // sending it again would panic again
-			} else {
-				class, err = q.tryClassify(err)
-			}
-			switch {
-			case class == ClassDrop:
-				reason = fmt.Errorf("%w: %w", ErrDropped, err)
-			case item.Policy == FireAndForget:
-				reason = fmt.Errorf("%w: fire-and-forget send failed: %w", ErrGaveUp, err)
-			case q.maxAttempts > 0 && attempts >= q.maxAttempts:
-				reason = fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, attempts, err)
-			case class == ClassRetry:
-				if boEntry != ticket || boGen != gen {
-					q.bo.Reset()
-					boEntry, boGen = ticket, gen
-				}
-				if wait = q.bo.NextBackOff(); wait == Stop {
-					reason = fmt.Errorf("%w: back-off stopped after %d attempts: %w", ErrGaveUp, attempts, err)
-				}
-			}
-		}
-		if (err == nil || reason != nil) && boEntry != nil {
-			q.bo.Reset()
-			boEntry = nil
-		}
-
-		q.mu.Lock()
-		q.sending = false
-		q.buf[q.head].attempts = attempts
-		// A Resume that raced with this attempt means the connection is
-		// back already: try again instead of waiting for another Resume.
-		if err != nil && class == ClassPause && q.resumeGen == gen {
-			q.paused = true
-		}
-		switch {
-		case err == nil:
-			q.popHead()
-			ticket.settle(Delivered, nil)
-			continue
-		case reason != nil:
-			q.popHead()
-			ticket.settle(Failed, reason)
-			q.mu.Unlock()
-			q.report(Report[T]{Item: item, Err: reason, Attempts: attempts})
-			q.mu.Lock()
-			continue
-		case class == ClassPause:
-			continue // wait for Resume (or retry now if it came already)
-		}
-		// Retry after the back-off. Push does not wake us (idle is false);
-		// Resume and Close do.
-		select {
-		case <-q.wake: // stale token from before this attempt
-		default:
-		}
-		if q.resumeGen != gen {
-			continue
-		}
-		q.mu.Unlock()
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-q.wake:
-		case <-q.stop:
-		}
-		t.Stop()
-		q.mu.Lock()
+// nextKey returns a fresh key: the queue's random prefix and a counter in
+// 16 hex digits. The caller holds q.mu.
+func (q *Queue[T]) nextKey() string {
+	const digits = "0123456789abcdef"
+	var b [keyLen]byte
+	n := copy(b[:], q.keyPrefix)
+	c := q.keyCtr
+	q.keyCtr++
+	for i := keyLen - 1; i >= n; i-- {
+		b[i] = digits[c&15]
+		c >>= 4
 	}
+	return string(b[:])
 }
 
-// trySend calls the send function, turning a panic into an error so that a
-// bug in send fails one item (reported, with [ErrDropped]) instead of
-// crashing the program from the delivery goroutine.
-func (q *Queue[T]) trySend(it Item[T]) (err error, panicked bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			err, panicked = fmt.Errorf("sendqueue: send panicked: %v", r), true
-		}
-	}()
-	return q.send(q.sendCtx, it), false
-}
-
-// tryClassify calls the classifier. A panic, like a Class that is not one of
-// the three, must not stop the loop or make it retry without a back-off: a
-// panic drops the item (the error says why), an unknown Class is ClassRetry.
-// It returns err, extended with the panic if there was one.
-func (q *Queue[T]) tryClassify(sendErr error) (c Class, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			c, err = ClassDrop, fmt.Errorf("%w (the classifier panicked: %v)", sendErr, r)
-		}
-	}()
-	if c = q.classify(sendErr); c > ClassPause {
-		c = ClassRetry
-	}
-	return c, sendErr
-}
+const keyLen = 16 + 1 + 16 // hex prefix, '-', hex counter
 
 // Pause stops delivery, for example when the connection is lost: nothing
 // is attempted until Resume. A send already running finishes and its result
@@ -583,7 +441,7 @@ func (q *Queue[T]) Paused() bool {
 func (q *Queue[T]) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.n
+	return q.buf.Len()
 }
 
 // Bytes returns the total size of the queued items as measured by the
@@ -595,13 +453,14 @@ func (q *Queue[T]) Bytes() int64 {
 }
 
 // Flush waits until the queue is empty: every item pushed before the call
-// (and since) has settled. A paused queue does not empty until Resume.
+// (and since) has settled, and its report, if any, has returned. A paused
+// queue does not empty until Resume.
 //
 // Errors: ctx.Err() if ctx ends first; [ErrClosed] if the queue was closed
 // with items still queued.
 func (q *Queue[T]) Flush(ctx context.Context) error {
 	q.mu.Lock()
-	for q.n > 0 && !q.closed {
+	for (q.buf.Len() > 0 || q.settling > 0) && !q.closed {
 		if q.empty == nil {
 			q.empty = make(chan struct{})
 		}
@@ -621,70 +480,48 @@ func (q *Queue[T]) Flush(ctx context.Context) error {
 		q.mu.Lock()
 	}
 	defer q.mu.Unlock()
-	if q.n > 0 || q.abandoned {
+	if q.buf.Len() > 0 || q.abandoned {
 		return ErrClosed
 	}
 	return nil
 }
 
-// Close stops the queue: Push fails with ErrClosed from now on, a send that
-// is running finishes (and its result is kept), and the delivery goroutine
-// exits; Close waits for it. If ctx ends before the running send returns,
-// the send's context is canceled and Close still waits for it, so that no
-// goroutine outlives Close: a send function must return promptly once its
-// context is canceled, or Close waits as long as it runs.
+// Close stops the queue and waits for its delivery goroutine: Push fails
+// with ErrClosed from now on, the context of a send that is running is
+// canceled, and Close waits for that send to return (its result is kept: a
+// nil error still delivers the item). A send function must therefore return
+// promptly once its context is canceled. To deliver everything first, call
+// [Queue.Flush] before Close.
 //
-// Items still queued are not sent: Close returns them in order, settles
-// their tickets with [ErrClosed] and reports them with ErrClosed. To deliver
-// everything first, call [Queue.Flush] before Close.
+// Items still queued are not sent and not returned: each is reported once
+// with an error wrapping [ErrClosed] (and its last send error, if a send of
+// it had failed), and then its ticket settles with that error. Close
+// returns after those reports.
 //
-// Errors: ctx.Err() if ctx ended before the delivery goroutine exited (the
-// items are still returned); [ErrClosed] (and no items) if the queue was already
-// closed.
-func (q *Queue[T]) Close(ctx context.Context) ([]Item[T], error) {
+// Close always returns nil; calling it again waits for the delivery
+// goroutine and returns nil.
+func (q *Queue[T]) Close() error {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return nil, ErrClosed
+		<-q.loopDone
+		return nil
 	}
 	q.closed = true
 	close(q.stop)
 	q.mu.Unlock()
-
-	var err error
-	select {
-	case <-q.loopDone:
-	case <-ctx.Done():
-		q.cancel()
-		<-q.loopDone
-		err = ctx.Err()
-	}
 	q.cancel()
+	<-q.loopDone
 
 	q.mu.Lock()
-	left := make([]slot[T], q.n)
-	for i := range q.n {
-		s := q.at(i)
-		left[i] = *s
-		*s = slot[T]{}
+	left := make([]slot[T], q.buf.Len())
+	for i := range left {
+		left[i] = q.buf.PopFront()
 	}
-	q.n, q.bytes = 0, 0
+	q.bytes = 0
 	q.abandoned = len(left) > 0
-	items := make([]Item[T], len(left))
-	for i, s := range left {
-		s.ticket.settle(Failed, ErrClosed)
-		items[i] = s.item
-	}
-	if q.empty != nil {
-		close(q.empty)
-		q.empty = nil
-	}
+	q.settling += len(left)
 	q.mu.Unlock()
-	for _, s := range left {
-		q.report(Report[T]{Item: s.item, Err: ErrClosed, Attempts: s.attempts})
-	}
-	if len(items) == 0 {
-		items = nil
-	}
-	return items, err
+	q.fail(left, ErrClosed)
+	return nil
 }

@@ -99,13 +99,23 @@ func mustPush(t *testing.T, q *Queue[string], it Item[string]) *Ticket {
 	return tk
 }
 
-func mustClose(t *testing.T, q *Queue[string]) []Item[string] {
+func mustClose(t *testing.T, q *Queue[string]) {
 	t.Helper()
-	left, err := q.Close(t.Context())
-	if err != nil {
+	if err := q.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	return left
+}
+
+// closedValues returns the values of the reports that wrap ErrClosed, in
+// report order: the items Close found still queued.
+func (l *reportLog) closedValues() []string {
+	var v []string
+	for _, r := range l.get() {
+		if errors.Is(r.Err, ErrClosed) {
+			v = append(v, r.Item.Value)
+		}
+	}
+	return v
 }
 
 // The incident: after a reconnect the server answered 404 (stale connection
@@ -149,9 +159,9 @@ func Test404AfterReconnectIsRetriedNotDropped(t *testing.T) {
 
 // The fix for the incident re-queued failures without the cap check. Here a
 // full queue whose head keeps failing never grows, Push reports ErrFull,
-// and with EvictOldest the item being sent is never the one evicted.
+// and with DropOldest the item being sent is never the one evicted.
 func TestRequeueCannotExceedCap(t *testing.T) {
-	for _, ov := range []Overflow{RejectNew, EvictOldest} {
+	for _, ov := range []Overflow{RejectNew, DropOldest} {
 		t.Run(ov.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const capacity = 3
@@ -161,8 +171,8 @@ func TestRequeueCannotExceedCap(t *testing.T) {
 				}
 				var reps reportLog
 				sink := &scriptSink{script: fails}
-				q := New(sink.send, WithCapacity(capacity), WithOverflow(ov),
-					WithBackOff(constBackOff{time.Second}), WithReport(reps.add))
+				q := New(sink.send, WithCapacity[string](capacity), WithOverflow[string](ov),
+					WithBackOff[string](constBackOff{time.Second}), WithReport(reps.add))
 				for i := range capacity {
 					mustPush(t, q, Item[string]{Value: fmt.Sprint(i)})
 				}
@@ -174,8 +184,8 @@ func TestRequeueCannotExceedCap(t *testing.T) {
 					if ov == RejectNew && !errors.Is(err, ErrFull) {
 						t.Fatalf("Push into a full queue: %v", err)
 					}
-					if ov == EvictOldest && err != nil {
-						t.Fatalf("Push with EvictOldest: %v", err)
+					if ov == DropOldest && err != nil {
+						t.Fatalf("Push with DropOldest: %v", err)
 					}
 					if n := q.Len(); n != capacity {
 						t.Fatalf("Len %d, cap %d", n, capacity)
@@ -221,7 +231,7 @@ func TestFailedItemKeepsItsPlace(t *testing.T) {
 			&HTTPError{StatusCode: 404}, &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED},
 			nil, &HTTPError{StatusCode: 500}, nil, nil,
 		}}
-		q := New(sink.send, WithBackOff(constBackOff{time.Second}))
+		q := New(sink.send, WithBackOff[string](constBackOff{time.Second}))
 		q.Pause()
 		var tks []*Ticket
 		for _, v := range []string{"a", "b", "c"} {
@@ -268,7 +278,7 @@ func TestBackOffSpacesAttempts(t *testing.T) {
 		e503 := &HTTPError{StatusCode: 503}
 		sink := &scriptSink{script: []error{e503, e503, e503, nil, e503, nil}}
 		bo := &recBackOff{waits: []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}}
-		q := New(sink.send, WithBackOff(bo))
+		q := New(sink.send, WithBackOff[string](bo))
 		start := time.Now()
 		a := mustPush(t, q, Item[string]{Value: "a"})
 		b := mustPush(t, q, Item[string]{Value: "b"})
@@ -293,7 +303,7 @@ func TestBackOffStopGivesUp(t *testing.T) {
 		e503 := &HTTPError{StatusCode: 503}
 		var reps reportLog
 		sink := &scriptSink{script: []error{e503, e503, nil}}
-		q := New(sink.send, WithBackOff(&recBackOff{waits: []time.Duration{time.Second}}), WithReport(reps.add))
+		q := New(sink.send, WithBackOff[string](&recBackOff{waits: []time.Duration{time.Second}}), WithReport(reps.add))
 		a := mustPush(t, q, Item[string]{Value: "a"})
 		b := mustPush(t, q, Item[string]{Value: "b"})
 		if err := a.Wait(t.Context()); !errors.Is(err, ErrGaveUp) || !errors.Is(err, e503) {
@@ -337,7 +347,7 @@ func TestResumeCutsBackOffShort(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &scriptSink{script: []error{&HTTPError{StatusCode: 503}}}
 		bo := &recBackOff{waits: []time.Duration{time.Hour}}
-		q := New(sink.send, WithBackOff(bo))
+		q := New(sink.send, WithBackOff[string](bo))
 		start := time.Now()
 		tk := mustPush(t, q, Item[string]{Value: "a"})
 		synctest.Wait()
@@ -357,7 +367,7 @@ func TestMaxAttempts(t *testing.T) {
 		e := &HTTPError{StatusCode: 429}
 		sink := &scriptSink{script: []error{e, e, e, e}}
 		var reps reportLog
-		q := New(sink.send, WithMaxAttempts(3), WithBackOff(constBackOff{time.Second}), WithReport(reps.add))
+		q := New(sink.send, WithMaxAttempts[string](3), WithBackOff[string](constBackOff{time.Second}), WithReport(reps.add))
 		tk := mustPush(t, q, Item[string]{Value: "a"})
 		if err := tk.Wait(t.Context()); !errors.Is(err, ErrGaveUp) {
 			t.Fatalf("Wait: %v", err)
@@ -417,7 +427,9 @@ func TestDropIsReported(t *testing.T) {
 	})
 }
 
-func TestCloseReturnsAndReportsLeftovers(t *testing.T) {
+// Each item has one fate: an item still queued at Close is reported once,
+// its ticket settles with the same error, and nothing is handed back.
+func TestCloseReportsLeftoversOnce(t *testing.T) {
 	var reps reportLog
 	sink := &scriptSink{}
 	q := New(sink.send, WithReport(reps.add))
@@ -428,30 +440,30 @@ func TestCloseReturnsAndReportsLeftovers(t *testing.T) {
 	}
 	flushed := make(chan error, 1)
 	go func() { flushed <- q.Flush(context.Background()) }()
-	left := mustClose(t, q)
+	mustClose(t, q)
 	if err := <-flushed; !errors.Is(err, ErrClosed) {
 		t.Fatalf("Flush across Close: %v", err)
 	}
-	var vals []string
-	for _, it := range left {
-		vals = append(vals, it.Value)
-	}
-	if !slices.Equal(vals, []string{"a", "b", "c"}) {
+	if vals := reps.closedValues(); !slices.Equal(vals, []string{"a", "b", "c"}) {
 		t.Fatalf("leftovers %v", vals)
 	}
+	r := reps.get()
 	for i, tk := range tks {
-		if !errors.Is(tk.Err(), ErrClosed) {
-			t.Fatalf("ticket %d: %v", i, tk.Err())
+		if !errors.Is(tk.Err(), ErrClosed) || tk.Err() != r[i].Err {
+			t.Fatalf("ticket %d: %v, report %v", i, tk.Err(), r[i].Err)
 		}
 	}
-	if r := reps.get(); len(r) != 3 || r[0].Item.Key != "k-a" || !errors.Is(r[2].Err, ErrClosed) {
+	if len(r) != 3 || r[0].Item.Key != "k-a" || !errors.Is(r[2].Err, ErrClosed) {
 		t.Fatalf("reports %+v", r)
 	}
 	if _, err := q.Push(Item[string]{Value: "late"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Push after Close: %v", err)
 	}
-	if l, err := q.Close(t.Context()); !errors.Is(err, ErrClosed) || l != nil {
-		t.Fatalf("second Close: %v %v", l, err)
+	if err := q.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if n := len(reps.get()); n != 3 {
+		t.Fatalf("%d reports after the second Close, want 3", n)
 	}
 	if err := q.Flush(t.Context()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Flush after Close: %v", err)
@@ -461,29 +473,35 @@ func TestCloseReturnsAndReportsLeftovers(t *testing.T) {
 	}
 }
 
+// Close cancels the context of a send that hangs, waits for it, and
+// reports the item with ErrClosed and the send's own error.
 func TestCloseCancelsHungSend(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		var reps reportLog
 		started := make(chan struct{})
 		q := New(func(ctx context.Context, it Item[string]) error {
 			close(started)
 			<-ctx.Done()
 			return ctx.Err()
-		})
-		mustPush(t, q, Item[string]{Value: "a"})
+		}, WithReport(reps.add))
+		tk := mustPush(t, q, Item[string]{Value: "a"})
 		<-started
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		left, err := q.Close(ctx)
-		if !errors.Is(err, context.DeadlineExceeded) || len(left) != 1 || left[0].Value != "a" {
-			t.Fatalf("Close: %v %v", left, err)
+		mustClose(t, q)
+		r := reps.get()
+		if len(r) != 1 || r[0].Item.Value != "a" || !errors.Is(r[0].Err, ErrClosed) || !errors.Is(r[0].Err, context.Canceled) {
+			t.Fatalf("reports %+v", r)
+		}
+		if !errors.Is(tk.Err(), ErrClosed) || !errors.Is(tk.Err(), context.Canceled) {
+			t.Fatalf("ticket: %v", tk.Err())
 		}
 	})
 }
 
 func TestFlushWaitsForDelivery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		var reps reportLog
 		sink := &scriptSink{script: []error{&HTTPError{StatusCode: 502}}}
-		q := New(sink.send, WithBackOff(constBackOff{time.Minute}))
+		q := New(sink.send, WithBackOff[string](constBackOff{time.Minute}), WithReport(reps.add))
 		for _, v := range []string{"a", "b"} {
 			mustPush(t, q, Item[string]{Value: v})
 		}
@@ -500,14 +518,15 @@ func TestFlushWaitsForDelivery(t *testing.T) {
 		if err := q.Flush(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Flush of a paused queue: %v", err)
 		}
-		if left := mustClose(t, q); len(left) != 1 {
+		mustClose(t, q)
+		if left := reps.closedValues(); !slices.Equal(left, []string{"c"}) {
 			t.Fatalf("leftovers %v", left)
 		}
 	})
 }
 
 func TestMaxBytes(t *testing.T) {
-	q := New((&scriptSink{}).send, WithMaxBytes(10, func(s string) int { return len(s) }), WithCapacity(100))
+	q := New((&scriptSink{}).send, WithMaxBytes(10, func(s string) int { return len(s) }), WithCapacity[string](100))
 	q.Pause()
 	if _, err := q.Push(Item[string]{Value: strings.Repeat("x", 11)}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized: %v", err)
@@ -523,9 +542,9 @@ func TestMaxBytes(t *testing.T) {
 	mustClose(t, q)
 }
 
-func TestEvictOldestSkipsFireAndForget(t *testing.T) {
+func TestDropOldestSkipsFireAndForget(t *testing.T) {
 	var reps reportLog
-	q := New((&scriptSink{}).send, WithCapacity(2), WithOverflow(EvictOldest), WithReport(reps.add))
+	q := New((&scriptSink{}).send, WithCapacity[string](2), WithOverflow[string](DropOldest), WithReport(reps.add))
 	q.Pause()
 	mustPush(t, q, Item[string]{Value: "stop", Policy: FireAndForget})
 	old := mustPush(t, q, Item[string]{Value: "old"})
@@ -536,14 +555,14 @@ func TestEvictOldestSkipsFireAndForget(t *testing.T) {
 	if r := reps.get(); len(r) != 1 || r[0].Item.Value != "old" {
 		t.Fatalf("reports %+v", r)
 	}
-	q2 := New((&scriptSink{}).send, WithCapacity(1), WithOverflow(EvictOldest))
+	q2 := New((&scriptSink{}).send, WithCapacity[string](1), WithOverflow[string](DropOldest))
 	q2.Pause()
 	mustPush(t, q2, Item[string]{Value: "stop", Policy: FireAndForget})
 	if _, err := q2.Push(Item[string]{Value: "x"}); !errors.Is(err, ErrFull) {
 		t.Fatalf("nothing evictable: %v", err)
 	}
-	left := mustClose(t, q)
-	if len(left) != 2 || left[0].Value != "stop" || left[1].Value != "new" {
+	mustClose(t, q)
+	if left := reps.closedValues(); len(left) != 2 || left[0] != "stop" || left[1] != "new" {
 		t.Fatalf("leftovers %v", left)
 	}
 	mustClose(t, q2)
@@ -563,10 +582,16 @@ func TestPushRejectsBadItems(t *testing.T) {
 	}
 }
 
-func TestOptionTypeMismatchPanics(t *testing.T) {
-	for name, opt := range map[string]Option{
-		"size":   WithMaxBytes(1, func(int) int { return 0 }),
-		"report": WithReport(func(Report[int]) {}),
+// Invalid option values panic at construction with the package prefix.
+// (An option for another element type is a compile error: Option[T].)
+func TestInvalidOptionsPanic(t *testing.T) {
+	for name, mk := range map[string]func(){
+		"capacity":     func() { WithCapacity[string](0) },
+		"max bytes":    func() { WithMaxBytes(0, func(string) int { return 0 }) },
+		"size func":    func() { WithMaxBytes[string](1, nil) },
+		"overflow":     func() { WithOverflow[string](Overflow(9)) },
+		"max attempts": func() { WithMaxAttempts[string](-1) },
+		"nil send":     func() { New[string](nil) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {
@@ -574,8 +599,19 @@ func TestOptionTypeMismatchPanics(t *testing.T) {
 					t.Fatalf("recovered %v", r)
 				}
 			}()
-			New((&scriptSink{}).send, opt)
+			mk()
 		})
+	}
+}
+
+// New skips nil options.
+func TestNilOptionsAreSkipped(t *testing.T) {
+	q := New((&scriptSink{}).send, nil, WithCapacity[string](1), nil)
+	defer mustClose(t, q)
+	q.Pause()
+	mustPush(t, q, Item[string]{Value: "a"})
+	if _, err := q.Push(Item[string]{Value: "b"}); !errors.Is(err, ErrFull) {
+		t.Fatalf("second Push with capacity 1: %v", err)
 	}
 }
 
@@ -594,7 +630,7 @@ func TestDefaultReportLogs(t *testing.T) {
 }
 
 func TestGeneratedKeysAreUnique(t *testing.T) {
-	q := New((&scriptSink{}).send, WithCapacity(1000))
+	q := New((&scriptSink{}).send, WithCapacity[string](1000))
 	q2 := New((&scriptSink{}).send)
 	q.Pause()
 	q2.Pause()
@@ -647,8 +683,8 @@ func TestCustomClassifier(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		errBusy := errors.New("busy")
 		sink := &scriptSink{script: []error{errBusy, errBusy}}
-		q := New(sink.send, WithBackOff(constBackOff{time.Second}),
-			WithClassifier(func(err error) Class {
+		q := New(sink.send, WithBackOff[string](constBackOff{time.Second}),
+			WithClassifier[string](func(err error) Class {
 				if errors.Is(err, errBusy) {
 					return ClassRetry
 				}
@@ -716,7 +752,7 @@ func TestConcurrentProducers(t *testing.T) {
 			return fmt.Errorf("w: %w", ErrDisconnected)
 		}
 		return nil
-	}, WithCapacity(capacity), WithBackOff(constBackOff{0}))
+	}, WithCapacity[[2]int](capacity), WithBackOff[[2]int](constBackOff{0}))
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -766,7 +802,7 @@ func TestConcurrentProducers(t *testing.T) {
 	if err := q.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Close(t.Context()); err != nil {
+	if err := q.Close(); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
@@ -787,18 +823,18 @@ func TestConcurrentProducers(t *testing.T) {
 }
 
 func TestGeneratedKeyFormat(t *testing.T) {
-	q := New((&scriptSink{}).send, WithCapacity(100))
+	q := New((&scriptSink{}).send, WithCapacity[string](100))
 	defer mustClose(t, q)
 	q.Pause()
 	for i := range 70 {
 		k := mustPush(t, q, Item[string]{}).Key()
-		if want := fmt.Sprintf("%s-%016x", q.keyPrefix, i); k != want {
+		if want := fmt.Sprintf("%s%016x", q.keyPrefix, i); k != want {
 			t.Fatalf("key %d = %q, want %q", i, k, want)
 		}
 	}
 }
 
-func TestEvictOldestNeverEvictsTheItemInFlight(t *testing.T) {
+func TestDropOldestNeverEvictsTheItemInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		release := make(chan struct{})
 		var reps reportLog
@@ -807,7 +843,7 @@ func TestEvictOldestNeverEvictsTheItemInFlight(t *testing.T) {
 			<-release
 			got = append(got, it.Value)
 			return nil
-		}, WithCapacity(2), WithOverflow(EvictOldest), WithReport(reps.add))
+		}, WithCapacity[string](2), WithOverflow[string](DropOldest), WithReport(reps.add))
 		a := mustPush(t, q, Item[string]{Value: "a"})
 		synctest.Wait() // "a" is in flight
 		b := mustPush(t, q, Item[string]{Value: "b"})
@@ -881,8 +917,8 @@ func TestBadClassifierResults(t *testing.T) {
 		var reps reportLog
 		sink := &scriptSink{script: []error{errOdd, errOdd, errPanic}}
 		bo := &recBackOff{waits: []time.Duration{time.Second, time.Second, time.Second}}
-		q := New(sink.send, WithBackOff(bo), WithReport(reps.add),
-			WithClassifier(func(err error) Class {
+		q := New(sink.send, WithBackOff[string](bo), WithReport(reps.add),
+			WithClassifier[string](func(err error) Class {
 				if errors.Is(err, errPanic) {
 					panic("classifier bug")
 				}
@@ -910,4 +946,210 @@ func TestBadClassifierResults(t *testing.T) {
 		}
 		mustClose(t, q)
 	})
+}
+
+// The user-visible order of a failure: the report callback runs first, and
+// the ticket settles only after it has returned, so a goroutine that waits
+// on the ticket and then looks at what the report recorded always finds
+// it. (TestMaxAttempts once saw "reports []" after Wait returned, about one
+// run in six, because the ticket settled before the report ran.)
+func TestIncident_TicketSettledBeforeReport(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var reps reportLog
+		q := New(func(context.Context, Item[string]) error { return &HTTPError{StatusCode: 400} },
+			WithReport(func(r Report[string]) {
+				<-release
+				reps.add(r)
+			}))
+		tk := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // the report callback is blocked
+		if st := tk.Status(); st != Pending {
+			t.Fatalf("ticket %v while its report is still running", st)
+		}
+		select {
+		case <-tk.Done():
+			t.Fatal("Done closed while the report is still running")
+		default:
+		}
+		flushed := make(chan error, 1)
+		go func() { flushed <- q.Flush(context.Background()) }()
+		synctest.Wait()
+		select {
+		case err := <-flushed:
+			t.Fatalf("Flush returned %v while a report was still running", err)
+		default:
+		}
+		close(release)
+		if err := tk.Wait(t.Context()); !errors.Is(err, ErrDropped) {
+			t.Fatalf("Wait: %v", err)
+		}
+		if r := reps.get(); len(r) != 1 || r[0].Err != tk.Err() {
+			t.Fatalf("after Wait: reports %+v, ticket %v", r, tk.Err())
+		}
+		if err := <-flushed; err != nil {
+			t.Fatalf("Flush: %v", err)
+		}
+		mustClose(t, q)
+	})
+}
+
+// An item whose send failed (a 404 from a stale connection id) and that
+// is then evicted, or left at Close, is reported with its last send error
+// as well as the reason it left: before, the report said only "evicted" or
+// "queue closed", and the 404 that explained why it was still queued was
+// lost.
+func TestIncident_LastSendErrorLostOnEvictOrClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notFound := &HTTPError{StatusCode: 404}
+		var reps reportLog
+		sink := &scriptSink{script: []error{notFound}}
+		q := New(sink.send, WithCapacity[string](2), WithOverflow[string](DropOldest),
+			WithBackOff[string](constBackOff{time.Minute}), WithReport(reps.add))
+		a := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // a failed with 404 and waits for its back-off
+		if n := len(sink.values()); n != 1 {
+			t.Fatalf("%d attempts, want 1", n)
+		}
+		b := mustPush(t, q, Item[string]{Value: "b"})
+		mustPush(t, q, Item[string]{Value: "c"}) // evicts a, the oldest
+		for _, want := range []error{ErrEvicted, notFound} {
+			if !errors.Is(a.Err(), want) {
+				t.Fatalf("evicted ticket: %v, want it to wrap %v", a.Err(), want)
+			}
+		}
+		mustClose(t, q)
+		if !errors.Is(b.Err(), ErrClosed) || errors.Is(b.Err(), notFound) {
+			t.Fatalf("never-sent leftover: %v, want ErrClosed alone", b.Err())
+		}
+		r := reps.get()
+		if len(r) != 3 || r[0].Item.Value != "a" || r[0].Err != a.Err() || r[0].Attempts != 1 {
+			t.Fatalf("reports %+v", r)
+		}
+	})
+}
+
+// A head item that failed and is still queued at Close carries its last
+// send error too.
+func TestCloseReportsLastSendError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notFound := &HTTPError{StatusCode: 404}
+		var reps reportLog
+		sink := &scriptSink{script: []error{notFound}}
+		q := New(sink.send, WithBackOff[string](constBackOff{time.Minute}), WithReport(reps.add))
+		tk := mustPush(t, q, Item[string]{Value: "a"})
+		synctest.Wait() // waiting for the back-off after the 404
+		mustClose(t, q)
+		if !errors.Is(tk.Err(), ErrClosed) || !errors.Is(tk.Err(), notFound) {
+			t.Fatalf("ticket: %v", tk.Err())
+		}
+		if r := reps.get(); len(r) != 1 || r[0].Err != tk.Err() || r[0].Attempts != 1 {
+			t.Fatalf("reports %+v", r)
+		}
+	})
+}
+
+// After Close, Push fails with ErrClosed whatever the item: before, an
+// invalid or oversized item got ErrInvalid or ErrTooLarge, although the
+// doc promised ErrClosed from then on.
+func TestIncident_PushAfterCloseNotErrClosed(t *testing.T) {
+	q := New((&scriptSink{}).send, WithMaxBytes(4, func(s string) int { return len(s) - 1 }))
+	mustClose(t, q)
+	for name, it := range map[string]Item[string]{
+		"valid":          {Value: "ab"},
+		"unknown policy": {Value: "ab", Policy: 9},
+		"negative size":  {Value: ""},
+		"too large":      {Value: "abcdefgh"},
+	} {
+		if tk, err := q.Push(it); !errors.Is(err, ErrClosed) || tk != nil {
+			t.Errorf("%s: Push after Close = %v, %v; want ErrClosed", name, tk, err)
+		}
+	}
+}
+
+// Close is idempotent and waits for the delivery goroutine each time.
+func TestCloseTwiceConcurrently(t *testing.T) {
+	q := New((&scriptSink{}).send)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := q.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			select {
+			case <-q.loopDone:
+			default:
+				t.Errorf("Close returned before the delivery goroutine exited")
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestDecide(t *testing.T) {
+	e := errors.New("boom")
+	for _, tc := range []struct {
+		name        string
+		err         error
+		class       Class
+		policy      Policy
+		attempts    int
+		maxAttempts int
+		want        action
+		wantReason  error
+	}{
+		{"delivered", nil, ClassRetry, Retry, 1, 0, delivered, nil},
+		{"delivered ignores class", nil, ClassDrop, FireAndForget, 9, 1, delivered, nil},
+		{"drop", e, ClassDrop, Retry, 1, 0, failed, ErrDropped},
+		{"drop beats fire-and-forget", e, ClassDrop, FireAndForget, 1, 0, failed, ErrDropped},
+		{"fire-and-forget", e, ClassRetry, FireAndForget, 1, 0, failed, ErrGaveUp},
+		{"fire-and-forget pause", e, ClassPause, FireAndForget, 1, 0, failed, ErrGaveUp},
+		{"out of attempts", e, ClassRetry, Retry, 3, 3, failed, ErrGaveUp},
+		{"out of attempts while paused", e, ClassPause, Retry, 3, 3, failed, ErrGaveUp},
+		{"attempts left", e, ClassRetry, Retry, 2, 3, retry, nil},
+		{"no limit", e, ClassRetry, Retry, 1000, 0, retry, nil},
+		{"pause", e, ClassPause, Retry, 1, 0, wait, nil},
+	} {
+		got, reason := decide(tc.err, tc.class, tc.policy, tc.attempts, tc.maxAttempts)
+		if got != tc.want || (tc.wantReason == nil) != (reason == nil) ||
+			(reason != nil && (!errors.Is(reason, tc.wantReason) || !errors.Is(reason, e))) {
+			t.Errorf("%s: decide = %v, %v; want %v, %v", tc.name, got, reason, tc.want, tc.wantReason)
+		}
+	}
+}
+
+func TestPickVictims(t *testing.T) {
+	type it struct {
+		p Policy
+		s int
+	}
+	for _, tc := range []struct {
+		name     string
+		items    []it
+		capacity int
+		maxBytes int64
+		size     int
+		sending  bool
+		want     []int
+	}{
+		{"room left", []it{{Retry, 1}}, 2, 0, 1, false, []int{}},
+		{"oldest", []it{{Retry, 1}, {Retry, 1}}, 2, 0, 1, false, []int{0}},
+		{"skips the item being sent", []it{{Retry, 1}, {Retry, 1}}, 2, 0, 1, true, []int{1}},
+		{"skips fire-and-forget", []it{{FireAndForget, 1}, {Retry, 1}}, 2, 0, 1, false, []int{1}},
+		{"nothing evictable", []it{{FireAndForget, 1}}, 1, 0, 1, false, nil},
+		{"only the one in flight", []it{{Retry, 1}}, 1, 0, 1, true, nil},
+		{"bytes need two", []it{{Retry, 3}, {Retry, 3}, {Retry, 3}}, 10, 9, 5, false, []int{0, 1}},
+		{"bytes and count", []it{{Retry, 1}, {Retry, 8}}, 2, 9, 2, false, []int{0, 1}},
+		{"bytes impossible", []it{{FireAndForget, 9}}, 10, 9, 1, false, nil},
+	} {
+		var bytes int64
+		for _, x := range tc.items {
+			bytes += int64(x.s)
+		}
+		got := pickVictims(len(tc.items), tc.capacity, bytes, tc.maxBytes, tc.size, tc.sending,
+			func(i int) (Policy, int) { return tc.items[i].p, tc.items[i].s })
+		if (got == nil) != (tc.want == nil) || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: pickVictims = %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package sendqueue
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 )
 
@@ -40,27 +41,25 @@ func (s Status) String() string {
 // Pending forever.
 //
 // A Ticket is safe for concurrent use and must not be copied. It settles
-// exactly once; Status, Err and Done agree once it has.
+// exactly once; Status, Err and Done agree once it has. A failed item's
+// ticket settles only after the [WithReport] function has returned for it,
+// so a goroutine that waits on the ticket sees what the report did.
 type Ticket struct {
-	key   string                 // the queued item's Key
-	state atomic.Uint32          // Status; stored after err is written
-	err   error                  // why the item failed; written once, before state
-	done  atomic.Pointer[doneCh] // set by the first Done call, or settledDone
+	key   string        // the queued item's Key
+	state atomic.Uint32 // Status; stored after err is written, under mu
+
+	mu   sync.Mutex    // protects done and the writes of err and state
+	err  error         // why the item failed; written once, before state
+	done chan struct{} // made by the first Done call; closed by settle
 }
 
-// doneCh boxes a Done channel so that it can be swapped atomically.
-type doneCh struct{ c chan struct{} }
-
-// closedChan is returned by Done for tickets that settled before anyone
-// asked, so that most tickets never allocate a channel.
+// closedChan is what Done returns once the ticket has settled, so that
+// tickets nobody waited on never allocate a channel.
 var closedChan = func() chan struct{} {
 	c := make(chan struct{})
 	close(c)
 	return c
 }()
-
-// settledDone replaces a Ticket's Done channel once it has been closed.
-var settledDone = &doneCh{c: closedChan}
 
 // Key returns the item's idempotency key (the caller's, or the generated one).
 func (t *Ticket) Key() string { return t.key }
@@ -70,7 +69,8 @@ func (t *Ticket) Status() Status { return Status(t.state.Load()) }
 
 // Err returns nil while the item is pending or once it is delivered, and the
 // reason once it failed: an error wrapping [ErrDropped], [ErrGaveUp],
-// [ErrEvicted] or [ErrClosed] (and the last send error, if any).
+// [ErrEvicted] or [ErrClosed] and, if a send of the item had failed, the
+// last send error.
 func (t *Ticket) Err() error {
 	if t.Status() == Failed {
 		return t.err
@@ -78,30 +78,26 @@ func (t *Ticket) Err() error {
 	return nil
 }
 
-// Done returns a channel that is closed when the ticket settles. The channel
-// is made on the first call, so tickets nobody waits on cost no channel.
+// Done returns a channel that is closed when the ticket settles. Like
+// context's Done, the channel is made on the first call that finds the
+// ticket pending, so tickets nobody waits on cost no channel. A zero
+// Ticket, which never settles, returns nil.
 func (t *Ticket) Done() <-chan struct{} {
 	if t.Status() != Pending {
 		return closedChan
 	}
-	if d := t.done.Load(); d != nil {
-		return d.c
-	}
 	if t.key == "" {
-		return nil // zero Ticket (Push always sets a key): never settles
+		return nil // zero Ticket: Push always sets a key
 	}
-	// Lock-free hand-over with settle, which stores the state and then
-	// loads done: either settle sees d and closes it, or this goroutine
-	// sees the new state after publishing d and closes it. The
-	// CompareAndSwap to settledDone makes exactly one of them close it.
-	d := &doneCh{c: make(chan struct{})}
-	if !t.done.CompareAndSwap(nil, d) {
-		return t.done.Load().c
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.Status() != Pending { // settled since the first check
+		return closedChan
 	}
-	if t.Status() != Pending {
-		t.closeDone(d)
+	if t.done == nil {
+		t.done = make(chan struct{})
 	}
-	return d.c
+	return t.done
 }
 
 // Wait blocks until the ticket settles or ctx is done. It returns nil if the
@@ -116,22 +112,13 @@ func (t *Ticket) Wait(ctx context.Context) error {
 	}
 }
 
-// settle records the outcome. It is called once per ticket, by the queue,
-// under the queue's lock.
+// settle records the outcome. The queue calls it once per ticket.
 func (t *Ticket) settle(s Status, err error) {
-	if err != nil {
-		t.err = err
-	}
+	t.mu.Lock()
+	t.err = err
 	t.state.Store(uint32(s))
-	if d := t.done.Load(); d != nil {
-		t.closeDone(d)
+	if t.done != nil {
+		close(t.done)
 	}
-}
-
-// closeDone closes d, the channel Done handed out, unless the other side of
-// the hand-over (settle or Done) already did.
-func (t *Ticket) closeDone(d *doneCh) {
-	if d != settledDone && t.done.CompareAndSwap(d, settledDone) {
-		close(d.c)
-	}
+	t.mu.Unlock()
 }

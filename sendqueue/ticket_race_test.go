@@ -7,18 +7,25 @@ import (
 	"testing/synctest"
 )
 
-// Done and settle hand the Done channel over without a lock. Callers of
-// Done racing with delivery must always get a channel that closes: if one
-// were missed, the waiting goroutines would block forever and synctest
-// would report the deadlock.
+// Done makes its channel lazily while the delivery goroutine may be
+// settling the ticket. Callers of Done racing with delivery must always get
+// a channel that closes: if one were missed, the waiting goroutines would
+// block forever and synctest would report the deadlock.
+//
+// The queue's capacity covers every round: the test pushes without waiting
+// for delivery, and an earlier version overfilled the default cap of 100
+// (Push failed with ErrFull about one run in six, and the failure then
+// showed up as a synctest deadlock).
 func TestTicketDoneRacesWithSettle(t *testing.T) {
+	const rounds = 200
 	synctest.Test(t, func(t *testing.T) {
-		q := New(func(context.Context, Item[int]) error { return nil })
+		q := New(func(context.Context, Item[int]) error { return nil }, WithCapacity[int](rounds))
 		var wg sync.WaitGroup
-		for round := range 200 {
+		for round := range rounds {
 			tk, err := q.Push(Item[int]{Value: round})
 			if err != nil {
-				t.Fatal(err)
+				t.Errorf("Push %d: %v", round, err)
+				break
 			}
 			for range 3 {
 				wg.Go(func() {
@@ -29,8 +36,11 @@ func TestTicketDoneRacesWithSettle(t *testing.T) {
 				})
 			}
 		}
+		if err := q.Flush(context.Background()); err != nil {
+			t.Error(err)
+		}
 		wg.Wait()
-		if _, err := q.Close(context.Background()); err != nil {
+		if err := q.Close(); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -34,12 +34,12 @@ type queue interface {
 }
 
 type steadfast struct {
-	q   *replayqueue.Queue[int]
+	q   *replayqueue.Queue[int, int]
 	gen uint64
 }
 
 func newSteadfast(maxItems int) *steadfast {
-	return &steadfast{q: replayqueue.New[int](replayqueue.WithMaxItems(maxItems))}
+	return &steadfast{q: replayqueue.New[int, int](replayqueue.WithMaxItems[int](maxItems))}
 }
 
 func (s *steadfast) Send(ctx context.Context, v int) error { return s.q.Send(ctx, v) }

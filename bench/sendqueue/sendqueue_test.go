@@ -41,7 +41,7 @@ type steadfast struct{ q *sendqueue.Queue[[]byte] }
 func newSteadfast(capacity int, send func(key string, v []byte) error) queue {
 	return steadfast{sendqueue.New(func(_ context.Context, it sendqueue.Item[[]byte]) error {
 		return send(it.Key, it.Value)
-	}, sendqueue.WithCapacity(capacity))}
+	}, sendqueue.WithCapacity[[]byte](capacity))}
 }
 
 func (s steadfast) push(v []byte) bool {
@@ -51,7 +51,7 @@ func (s steadfast) push(v []byte) bool {
 func (s steadfast) pause()  { s.q.Pause() }
 func (s steadfast) resume() { s.q.Resume() }
 func (s steadfast) flush()  { _ = s.q.Flush(context.Background()) }
-func (s steadfast) close()  { _, _ = s.q.Close(context.Background()) }
+func (s steadfast) close()  { _ = s.q.Close() }
 
 // dequeQueue: mutex + sync.Cond + gammazero/deque, peek-then-commit.
 type dequeQueue struct {

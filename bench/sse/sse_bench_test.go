@@ -202,7 +202,7 @@ func BenchmarkResume100ClientsAfterRestart(b *testing.B) {
 	}
 	defer func() {
 		for _, c := range cs {
-			c.Close(context.Background())
+			c.Close()
 		}
 	}()
 	// Everyone connected and caught up before the first restart.

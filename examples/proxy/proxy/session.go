@@ -104,9 +104,9 @@ type subscription struct {
 type upConn struct {
 	u    *upstream
 	c    *websocket.Conn
-	q    *replayqueue.Queue[*frame] // the queue it was connected through
-	gen  uint64                     // queue generation; guarded by session.mu
-	subs map[string]string          // upstream sub id -> client sub id; guarded by session.mu
+	q    *replayqueue.Queue[*frame, *frame] // the queue it was connected through
+	gen  uint64                             // queue generation; guarded by session.mu
+	subs map[string]string                  // upstream sub id -> client sub id; guarded by session.mu
 	// fresh holds the client sub ids that have not had a head on this
 	// connection yet (gap filling); guarded by session.mu.
 	fresh map[string]bool
@@ -153,7 +153,7 @@ type session struct {
 	switchMu sync.RWMutex
 
 	mu      sync.Mutex // guards the fields below and serialises client writes
-	q       *replayqueue.Queue[*frame]
+	q       *replayqueue.Queue[*frame, *frame]
 	cur     *upConn // the connection the queue is attached to
 	conns   map[*upConn]struct{}
 	subs    map[string]*subscription
@@ -202,11 +202,11 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("websocket client gone")
 }
 
-func (s *session) newQueue() *replayqueue.Queue[*frame] {
-	return replayqueue.New[*frame](
-		replayqueue.WithMaxItems(s.p.cfg.QueueSize),
+func (s *session) newQueue() *replayqueue.Queue[*frame, *frame] {
+	return replayqueue.New[*frame, *frame](
+		replayqueue.WithMaxItems[*frame](s.p.cfg.QueueSize),
 		replayqueue.WithMaxBytes(s.p.cfg.QueueBytes, func(f *frame) int { return len(f.data) }),
-		replayqueue.WithReplayTimeout(s.p.cfg.SwitchTimeout),
+		replayqueue.WithReplayTimeout[*frame](s.p.cfg.SwitchTimeout),
 	)
 }
 
@@ -378,7 +378,7 @@ func (s *session) send(req *pendingReq) {
 	s.enqueue(q, req, hasReply)
 }
 
-func (s *session) enqueue(q *replayqueue.Queue[*frame], req *pendingReq, hasReply bool) {
+func (s *session) enqueue(q *replayqueue.Queue[*frame, *frame], req *pendingReq, hasReply bool) {
 	err := q.Send(s.ctx, req.frame)
 	if err == nil {
 		if req.sentOn.Load() == nil {
@@ -1248,7 +1248,7 @@ func (s *session) shutdown() {
 	for _, x := range conns {
 		_ = x.c.CloseNow()
 	}
-	items := q.Close()
+	items := q.Fail(nil) // hands the buffered frames back
 	if s.p.ctx.Err() != nil {
 		// The proxy is shutting down but the client is still there: tell it.
 		for _, it := range items {

@@ -18,7 +18,7 @@
 //	id, _ := client.CreateSession(ctx, nil, "http://127.0.0.1:8080")
 //	c, _ := client.New(client.Config{BaseURL: "http://127.0.0.1:8080", Session: id,
 //		OnEvent: func(ev client.Event) { fmt.Println(ev.Type, string(ev.Data)) }})
-//	defer c.Close(context.Background())
+//	defer c.Close()
 //	t, _ := c.Send("hello")
 //	t.Wait(ctx) // delivered (stored by the server, once)
 package client
@@ -157,12 +157,12 @@ func New(cfg Config) (*Client, error) {
 		c.ownTr = http.DefaultTransport.(*http.Transport).Clone()
 		c.hc = &http.Client{Transport: c.ownTr}
 	}
-	opts := []sendqueue.Option{sendqueue.WithReport(c.report)}
+	opts := []sendqueue.Option[Request]{sendqueue.WithReport(c.report)}
 	if cfg.SendBackOff != nil {
-		opts = append(opts, sendqueue.WithBackOff(cfg.SendBackOff))
+		opts = append(opts, sendqueue.WithBackOff[Request](cfg.SendBackOff))
 	}
 	if cfg.SendCapacity > 0 {
-		opts = append(opts, sendqueue.WithCapacity(cfg.SendCapacity))
+		opts = append(opts, sendqueue.WithCapacity[Request](cfg.SendCapacity))
 	}
 	c.q = sendqueue.New(c.post, opts...)
 	c.q.Pause() // until the stream is connected
@@ -241,25 +241,17 @@ func (c *Client) Connected() bool {
 }
 
 // Close stops the stream and the send queue and waits for their
-// goroutines. Requests still queued are reported (with sendqueue.ErrClosed)
-// and returned.
-//
-// Errors: ctx.Err() if ctx ended before the queue stopped.
-func (c *Client) Close(ctx context.Context) ([]Request, error) {
+// goroutines; a request being posted is canceled. Requests still queued are
+// reported once (OnReport, with sendqueue.ErrClosed), not returned. Call
+// Flush first to deliver them. Close always returns nil.
+func (c *Client) Close() error {
 	c.cancel()
 	<-c.done
-	items, err := c.q.Close(ctx)
+	err := c.q.Close()
 	if c.ownTr != nil {
 		c.ownTr.CloseIdleConnections()
 	}
-	if errors.Is(err, sendqueue.ErrClosed) {
-		err = nil
-	}
-	reqs := make([]Request, len(items))
-	for i, it := range items {
-		reqs[i] = it.Value
-	}
-	return reqs, err
+	return err
 }
 
 // post is the queue's send function.

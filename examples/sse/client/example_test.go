@@ -38,7 +38,7 @@ func Example() {
 	t, _ := c.Send("hello steadfast")
 	t.Wait(ctx)
 	<-done
-	c.Close(ctx)
+	c.Close()
 	fmt.Println(t.Status())
 	fmt.Println(reply.String())
 	// Output:

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -121,7 +120,7 @@ func TestSendIsIdempotentByKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close(context.Background())
+	defer c.Close()
 	tr.waitFor(t, "the reply", func(evs []client.Event) bool { return countTyped(evs, server.TypeDone) == 1 })
 	evs := serverEvents(t, r.srv.Log(), id)
 	if n := countTyped(evs, server.TypeUser); n != 1 {
@@ -146,7 +145,7 @@ func TestIncidentInterruptCrashDoesNotKillServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close(context.Background())
+	defer c.Close()
 
 	tk, err := c.Send("/panic-on-interrupt")
 	if err != nil {
@@ -210,7 +209,7 @@ func TestInterruptAndStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close(context.Background())
+	defer c.Close()
 	if _, err := c.Send("/long"); err != nil {
 		t.Fatal(err)
 	}

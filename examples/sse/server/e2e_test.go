@@ -39,7 +39,7 @@ func newClient(t *testing.T, url, id string, tr *transcript, mod ...func(*client
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close(context.Background()) })
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 
