@@ -2,15 +2,6 @@
 // a primary and its backups, and moves it back to the primary once the
 // primary recovers.
 //
-// # The incident
-//
-// An Ethereum node proxy sent traffic to a primary node with backups. Its
-// health checks had no timeout, so one unresponsive node stalled the whole
-// monitor; the monitor held a write lock while it did network I/O, so every
-// request that needed to read the current node waited behind it; and it only
-// switched nodes when the current one failed, so after the primary came back
-// traffic stayed on the backup for three hours.
-//
 // # Guarantees
 //
 //   - Targets are ordered by priority. Pick returns the highest-priority
@@ -79,4 +70,13 @@
 //		}
 //		g.ReportFailure(i, err) // counts before the next check
 //	}
+//
+// # The incident
+//
+// An Ethereum node proxy sent traffic to a primary node with backups. Its
+// health checks had no timeout, so one unresponsive node stalled the whole
+// monitor; the monitor held a write lock while it did network I/O, so every
+// request that needed to read the current node waited behind it; and it only
+// switched nodes when the current one failed, so after the primary came back
+// traffic stayed on the backup for three hours.
 package failover

@@ -272,10 +272,10 @@ func TestFailoverWithinBound(t *testing.T) {
 	}
 }
 
-// Regression test for the proxy incident's issue #5: after the primary
-// recovered, traffic stayed on the backup for three hours because the
-// monitor only switched when the current node failed.
-func TestIssue5_FailsBackToPrimaryAfterRecovery(t *testing.T) {
+// The proxy incident: after the primary recovered, traffic stayed on the
+// backup for three hours because the monitor only switched when the current
+// node failed.
+func TestIncident_TrafficStayedOnBackupAfterPrimaryRecovered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(3)
 		g := mustNew(t, f) // defaults: the 2 s goal must hold
@@ -335,9 +335,9 @@ func TestFailbackWithinConfiguredBound(t *testing.T) {
 	})
 }
 
-// Regression test for the proxy incident's issue #3: health checks had no
-// timeout, so one unresponsive node stalled the monitor.
-func TestIssue3_HealthCheckHasTimeout(t *testing.T) {
+// The proxy incident: health checks had no timeout, so one unresponsive
+// node stalled the monitor.
+func TestIncident_CheckWithoutTimeoutStalledTheMonitor(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(2)
 		f.set(0, slow)
@@ -364,11 +364,11 @@ func TestIssue3_HealthCheckHasTimeout(t *testing.T) {
 	})
 }
 
-// Regression test for the proxy incident's issue #4: the monitor held a
-// write lock during health-check I/O and starved every reader. Here a check
-// hangs forever, ignoring its context; Pick, Status and the operator API
-// must still return, in real time.
-func TestIssue4_NoLockHeldDuringCheckIO(t *testing.T) {
+// The proxy incident: the monitor held a write lock during health-check
+// I/O and starved every reader. Here a check hangs forever, ignoring its
+// context; Pick, Status and the operator API must still return, in real
+// time.
+func TestIncident_LockHeldDuringCheckIOStarvedReaders(t *testing.T) {
 	f := newFake(2)
 	started := make(chan struct{})
 	var once sync.Once
@@ -1104,7 +1104,7 @@ func TestCallbacksMayCallBackIntoGroup(t *testing.T) {
 	})
 }
 
-// Pick is on every request's path: it must not allocate (issue #6 target).
+// Pick is on every request's path: it must not allocate (the proxy adds as little as it can to a request).
 func TestPickDoesNotAllocate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := mustNew(t, newFake(3))

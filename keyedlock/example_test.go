@@ -5,25 +5,48 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/steadfast-go/steadfast/keyedlock"
 )
 
 // Serialize work per chat channel: runs for one channel never overlap and
-// happen in arrival order, while other channels proceed in parallel.
+// happen in arrival order, while other channels proceed in parallel. The
+// goroutine per message may reach Lock in any order, so the receive path
+// fixes the order first (a pending list per channel) and each worker,
+// holding the channel's key, takes the oldest pending message.
 func Example() {
-	var channels keyedlock.Map[string] // the zero value is ready to use
+	var (
+		channels keyedlock.Map[string] // the zero value is ready to use
+		mu       sync.Mutex
+		pending  = map[string][]string{}
+		wg       sync.WaitGroup
+	)
 	ctx := context.Background()
-
-	err := channels.Do(ctx, "#general", func() error {
-		fmt.Println("running the agent for #general")
-		return nil
-	})
-	fmt.Println("err:", err)
+	onMessage := func(channel, text string) { // called in arrival order
+		mu.Lock()
+		pending[channel] = append(pending[channel], text)
+		mu.Unlock()
+		wg.Go(func() {
+			_ = channels.Do(ctx, channel, func() error {
+				mu.Lock()
+				next := pending[channel][0]
+				pending[channel] = pending[channel][1:]
+				mu.Unlock()
+				fmt.Println(channel, next) // the agent run
+				return nil
+			})
+		})
+	}
+	for _, text := range []string{"first", "second", "third"} {
+		onMessage("#general", text)
+	}
+	wg.Wait()
 	// Output:
-	// running the agent for #general
-	// err: <nil>
+	// #general first
+	// #general second
+	// #general third
 }
 
 // Status gives queue feedback, such as a "waiting" reaction, without
@@ -82,12 +105,66 @@ func ExampleMap_Lock_cancel() {
 		runtime.Gosched()
 	}
 	cancel() // e.g. the user deleted the message
-	fmt.Println(<-res)
+	// Not counted from the moment cancel returns, even if the waiter's
+	// goroutine has not run yet.
 	fmt.Printf("%+v\n", m.Status("job"))
+	fmt.Println(<-res)
 	m.Unlock("job")
 	// Output:
-	// context canceled
 	// {Held:true Waiters:0}
+	// context canceled
+}
+
+// A wait hook sees every Lock call that had to queue, with how long it
+// waited, for a histogram or a slow-wait log. It runs outside the Map's
+// locks, on the goroutine that waited.
+func ExampleWithWaitHook() {
+	var waits atomic.Int64
+	m := keyedlock.New[string](keyedlock.WithWaitHook(func(waited time.Duration) {
+		waits.Add(1) // e.g. histogram.Observe(waited.Seconds())
+	}))
+	ctx := context.Background()
+
+	_ = m.Do(ctx, "#general", func() error { return nil }) // free: no hook
+	_ = m.Lock(ctx, "#general")
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = m.Do(ctx, "#general", func() error { return nil }) })
+	for m.Status("#general").Waiters == 0 { // wait until it is queued
+		runtime.Gosched()
+	}
+	m.Unlock("#general")
+	wg.Wait()
+	fmt.Println("waits:", waits.Load())
+	// Output:
+	// waits: 1
+}
+
+// Stats are the Map's counters and gauges, for metrics.
+func ExampleMap_Stats() {
+	var m keyedlock.Map[string]
+	ctx := context.Background()
+	_ = m.Lock(ctx, "a")
+	_ = m.Lock(ctx, "b")
+
+	gaveUp, cancel := context.WithCancel(ctx)
+	res := make(chan error)
+	go func() { res <- m.Lock(gaveUp, "a") }()
+	for m.Status("a").Waiters == 0 { // wait until it is queued
+		runtime.Gosched()
+	}
+	st := m.Stats()
+	fmt.Printf("acquires=%d contended=%d canceled=%d held=%d waiters=%d\n",
+		st.Acquires, st.Contended, st.Canceled, st.Held, st.Waiters)
+	cancel()
+	<-res
+	m.Unlock("a")
+	m.Unlock("b")
+	st = m.Stats()
+	fmt.Printf("acquires=%d contended=%d canceled=%d held=%d waiters=%d\n",
+		st.Acquires, st.Contended, st.Canceled, st.Held, st.Waiters)
+	// Output:
+	// acquires=2 contended=1 canceled=0 held=2 waiters=1
+	// acquires=2 contended=1 canceled=1 held=0 waiters=0
 }
 
 // Any comparable type can be a key.

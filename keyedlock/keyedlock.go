@@ -5,7 +5,6 @@ import (
 	"hash/maphash"
 	"math"
 	"math/bits"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,11 +42,10 @@ type Map[K comparable] struct {
 
 // table is the immutable sharding layout of a Map.
 type table[K comparable] struct {
-	seed    maphash.Seed
-	strSeed uint64 // seed of hashString, random per Map
-	mask    uint64
-	hook    func(time.Duration)
-	shards  []shard[K]
+	seed   maphash.Seed // random per Map: nobody can aim keys at one shard
+	mask   uint64
+	hook   func(time.Duration)
+	shards []shard[K]
 }
 
 // shard holds the state of the keys that hash to it. mu is held only for
@@ -186,11 +184,10 @@ func (m *Map[K]) init() *table[K] {
 		}
 		n = 1 << bits.Len(uint(n-1)) // round up to a power of two
 		m.table.Store(&table[K]{
-			seed:    maphash.MakeSeed(),
-			strSeed: rand.Uint64(),
-			mask:    uint64(n - 1),
-			hook:    m.cfg.waitHook,
-			shards:  make([]shard[K], n),
+			seed:   maphash.MakeSeed(),
+			mask:   uint64(n - 1),
+			hook:   m.cfg.waitHook,
+			shards: make([]shard[K], n),
 		})
 	})
 	return m.table.Load()
@@ -205,12 +202,10 @@ func (m *Map[K]) locate(key K) (*table[K], *shard[K], uint64) {
 	if t == nil {
 		t = m.init()
 	}
-	var h uint64
-	if s, ok := any(key).(string); ok {
-		h = hashString(t.strSeed, s) // see hash.go
-	} else {
-		h = maphash.Comparable(t.seed, key)
-	}
+	// The hash only spreads keys over shards and speeds up comparisons;
+	// keys are always compared with ==, so a collision costs time, never
+	// correctness.
+	h := maphash.Comparable(t.seed, key)
 	return t, &t.shards[h&t.mask], h | 1
 }
 

@@ -798,13 +798,13 @@ func liveHeap() uint64 {
 	return ms.HeapAlloc
 }
 
-// TestBotIncident_TwoMessagesInOneChannelNeverRunAtOnce replays the bot
+// TestIncident_TwoMessagesInOneChannelRanAtOnce replays the bot
 // incident: two messages arrive in one channel, each handled on its own
 // goroutine (as discordgo does). The second must not resume the agent
 // session while the first still runs, must see that it is waiting, and the
 // two must run in arrival order. A message in another channel is not held
 // up meanwhile.
-func TestBotIncident_TwoMessagesInOneChannelNeverRunAtOnce(t *testing.T) {
+func TestIncident_TwoMessagesInOneChannelRanAtOnce(t *testing.T) {
 	var channels keyedlock.Map[string]
 	ctx := t.Context()
 
