@@ -93,3 +93,13 @@ func TestConformance(t *testing.T) {
 		},
 	})
 }
+
+// TestProcesses: 4 processes × 250 appends to one stream get exactly seqs
+// 1..1000, each once, in each writer's order.
+func TestProcesses(t *testing.T) {
+	var u string
+	if !storetest.InChild() {
+		u = newDatabase(t)
+	}
+	storetest.Processes(t, u, func(t *testing.T, shared string) eventlog.Store { return open(t, shared) }, 4, 250)
+}
