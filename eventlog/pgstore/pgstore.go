@@ -25,6 +25,10 @@ var (
 // channel is the NOTIFY channel of every store in a database.
 const channel = "steadfast_eventlog"
 
+// listenApp is the application_name of the LISTEN connection, so that an
+// operator (or a test) can find it in pg_stat_activity.
+const listenApp = "steadfast-eventlog-listen"
+
 // maxPayload is the longest stream id sent as a NOTIFY payload; a longer
 // one is sent as "" ("re-read every stream"), far below PostgreSQL's 8000
 // byte limit.
@@ -134,7 +138,8 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 	}
 	pcfg.MaxConns = int32(c.maxConns)
 	s := &Store{connCfg: pcfg.ConnConfig.Copy(), retention: c.retention, delay: c.reconnectDelay}
-	conn, err := pgx.ConnectConfig(ctx, s.connCfg)
+	s.connCfg.RuntimeParams["application_name"] = listenApp
+	conn, err := pgx.ConnectConfig(ctx, pcfg.ConnConfig)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: connect: %w", err)
 	}

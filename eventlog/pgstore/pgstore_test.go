@@ -15,7 +15,12 @@ import (
 	"github.com/steadfast-go/steadfast/eventlog/storetest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if role := os.Getenv(envRole); role != "" {
+		os.Exit(runChild(role)) // a child process of one of the tests
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // serverURL returns STEADFAST_POSTGRES or skips the test.
 func serverURL(t testing.TB) string {
