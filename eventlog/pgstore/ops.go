@@ -26,8 +26,8 @@ RETURNING t.head, t.deleted, t.state`
 
 // insertEvent inserts the event at the head taken by takeSeq, moves the
 // stream's oldest retained seq by the retention bounds ($5 events, events
-// newer than $6), deletes what fell out, and queues one notification, all
-// in the append's transaction. It returns the epoch.
+// newer than $6) and deletes what fell out, all in the append's
+// transaction. It returns the epoch.
 const insertEvent = `WITH s AS (SELECT head, first FROM eventlog_streams WHERE id = $1),
 ins AS (INSERT INTO eventlog_events (stream, seq, type, data, ts) SELECT $1, s.head, $2, $3, $4 FROM s),
 nf AS (SELECT GREATEST(s.first,
@@ -35,7 +35,7 @@ nf AS (SELECT GREATEST(s.first,
 	CASE WHEN $6::bigint > 0 THEN coalesce((SELECT min(e.seq) FROM eventlog_events e WHERE e.stream = $1 AND e.seq >= s.first AND e.ts > $6::bigint), s.head) ELSE 0 END) AS first FROM s),
 up AS (UPDATE eventlog_streams t SET first = nf.first FROM nf WHERE t.id = $1 AND t.first < nf.first),
 del AS (DELETE FROM eventlog_events e USING nf WHERE e.stream = $1 AND e.seq < nf.first)
-SELECT (SELECT epoch FROM eventlog_meta), pg_notify($7, $8)`
+SELECT epoch FROM eventlog_meta`
 
 // payload is the NOTIFY payload for a change of stream.
 func payload(stream string) string {
@@ -66,7 +66,19 @@ func (s *Store) cutoff() int64 {
 
 // Append implements eventlog.Store: the seq is taken under the stream's row
 // lock and the event inserted in the same transaction, so a writer that
-// dies before its commit leaves neither a gap nor half an event.
+// dies before its commit leaves neither a gap nor half an event. It costs
+// two round trips: BEGIN with the lock, then the insert, COMMIT and the
+// notification, each sent as one pipelined batch.
+//
+// The notification is a transaction of its own, right behind the commit in
+// the same batch, with synchronous_commit off: PostgreSQL holds a
+// database-wide lock from a notifying transaction's pre-commit until its
+// commit is flushed, so a NOTIFY inside the append would serialize every
+// append of every process on the WAL flush (measured: about 450 appends/s
+// with 8 appenders on 64 streams, against several thousand without). A
+// notification is a wake-up, never data; the one it could lose (the server
+// crashing between the two commits) is covered by the re-read every
+// listener does after its connection comes back.
 func (s *Store) Append(ctx context.Context, stream, typ string, data []byte) (eventlog.Cursor, error) {
 	if err := s.check(ctx, stream); err != nil {
 		return eventlog.Cursor{}, err
@@ -74,34 +86,50 @@ func (s *Store) Append(ctx context.Context, stream, typ string, data []byte) (ev
 	if data == nil {
 		data = []byte{}
 	}
-	var cur eventlog.Cursor
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var head int64
-		var deleted bool
-		var state int16
-		if err := tx.QueryRow(ctx, takeSeq, stream).Scan(&head, &deleted, &state); err != nil {
-			return err
-		}
-		if err := refuseAppend(stream, deleted, state); err != nil {
-			return err
-		}
-		if h := testHookAfterSeq; h != nil {
-			h(stream, uint64(head))
-		}
-		var epoch string
-		if err := tx.QueryRow(ctx, insertEvent, stream, typ, data, time.Now().UnixNano(),
-			int64(s.retention.MaxEvents), s.cutoff(), channel, payload(stream)).Scan(&epoch, nil); err != nil {
-			return err
-		}
-		cur = eventlog.Cursor{Epoch: epoch, Seq: uint64(head)}
-		return nil
-	})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return eventlog.Cursor{}, s.opErr("append", err)
+		return eventlog.Cursor{}, s.err("append", err)
 	}
-	s.setEpoch(cur.Epoch)
+	// A connection left inside a transaction by an error is closed by the
+	// pool on Release, so the transaction never outlives it.
+	defer conn.Release()
+	var head int64
+	var deleted bool
+	var state int16
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(takeSeq, stream).QueryRow(func(r pgx.Row) error { return r.Scan(&head, &deleted, &state) })
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return eventlog.Cursor{}, s.err("append", err)
+	}
+	if err := refuseAppend(stream, deleted, state); err != nil {
+		_, _ = conn.Exec(ctx, `ROLLBACK`)
+		return eventlog.Cursor{}, err
+	}
+	if h := testHookAfterSeq; h != nil {
+		h(stream, uint64(head))
+	}
+	var epoch string
+	b = &pgx.Batch{}
+	b.Queue(insertEvent, stream, typ, data, time.Now().UnixNano(), int64(s.retention.MaxEvents), s.cutoff()).
+		QueryRow(func(r pgx.Row) error { return r.Scan(&epoch) })
+	b.Queue(`COMMIT`)
+	queueNotify(b, stream)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return eventlog.Cursor{}, s.err("append", err)
+	}
+	s.setEpoch(epoch)
 	s.changed(stream)
-	return cur, nil
+	return eventlog.Cursor{Epoch: epoch, Seq: uint64(head)}, nil
+}
+
+// queueNotify adds to b the notification of a change of stream, as a
+// transaction of its own whose commit does not wait for the WAL flush.
+func queueNotify(b *pgx.Batch, stream string) {
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(`SELECT pg_notify($1, $2)`, channel, payload(stream))
+	b.Queue(`COMMIT`)
 }
 
 // refuseAppend is the error of an append to a stream row in this state.
