@@ -7,7 +7,9 @@ replace github.com/steadfast-go/steadfast => ../
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/gammazero/deque v1.2.3
+	github.com/jackc/pgx/v5 v5.13.0
 	github.com/moby/locker v1.0.1
+	github.com/steadfast-go/steadfast/eventlog/pgstore v0.0.0-00010101000000-000000000000
 	github.com/steadfast-go/steadfast/eventlog/sqlitestore v0.0.0-00010101000000-000000000000
 	github.com/steadfast-go/steadfast/examples v0.0.0-00010101000000-000000000000
 	github.com/tmaxmax/go-sse v0.12.0
@@ -22,6 +24,9 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
@@ -30,7 +35,9 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
+	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 	modernc.org/libc v1.80.1 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
@@ -47,5 +54,7 @@ require (
 tool golang.org/x/perf/cmd/benchstat
 
 replace github.com/steadfast-go/steadfast/eventlog/sqlitestore => ../eventlog/sqlitestore
+
+replace github.com/steadfast-go/steadfast/eventlog/pgstore => ../eventlog/pgstore
 
 replace github.com/steadfast-go/steadfast/examples => ../examples

@@ -1,5 +1,6 @@
 // Package eventlog_test compares steadfast's eventlog with
-// tmaxmax/go-sse v0.12.0's FiniteReplayer, and measures the SQLite store.
+// tmaxmax/go-sse v0.12.0's FiniteReplayer, and measures the stores side by
+// side (stores_bench_test.go).
 //
 //	go test -run '^$' -bench . -benchmem ./eventlog/
 package eventlog_test
@@ -7,7 +8,6 @@ package eventlog_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,7 +16,6 @@ import (
 	sse "github.com/tmaxmax/go-sse"
 
 	"github.com/steadfast-go/steadfast/eventlog"
-	"github.com/steadfast-go/steadfast/eventlog/sqlitestore"
 )
 
 const (
@@ -168,66 +167,5 @@ func BenchmarkEventLog(b *testing.B) {
 				i++
 			}
 		})
-	})
-}
-
-// BenchmarkSQLiteStore measures the persistent store: group-committed
-// appends from 1 and 8 goroutines (reported as appends/s), and a replay of
-// 200 events from disk.
-func BenchmarkSQLiteStore(b *testing.B) {
-	ctx := context.Background()
-	open := func(b *testing.B) *eventlog.Log {
-		st, err := sqlitestore.Open(filepath.Join(b.TempDir(), "events.db"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		return eventlog.New(eventlog.WithStore(st))
-	}
-	for _, appenders := range []int{1, 8} {
-		b.Run(fmt.Sprintf("append/appenders=%d", appenders), func(b *testing.B) {
-			l := open(b)
-			defer l.Close()
-			var next atomic.Uint32
-			b.ReportAllocs()
-			b.SetParallelism((appenders + 1) / 2) // GOMAXPROCS 2 on the reference machine
-			if appenders == 1 {
-				for b.Loop() {
-					if _, err := l.Append(ctx, "s0", payload); err != nil {
-						b.Fatal(err)
-					}
-				}
-			} else {
-				b.RunParallel(func(pb *testing.PB) {
-					stream := fmt.Sprintf("s%d", next.Add(1)%4)
-					for pb.Next() {
-						if _, err := l.Append(ctx, stream, payload); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
-		})
-	}
-	b.Run("replay-200", func(b *testing.B) {
-		l := open(b)
-		defer l.Close()
-		var head eventlog.Cursor
-		for range 1000 {
-			var err error
-			if head, err = l.Append(ctx, "s", payload); err != nil {
-				b.Fatal(err)
-			}
-		}
-		from := eventlog.Cursor{Epoch: head.Epoch, Seq: 1000 - replayN}
-		buf := make([]eventlog.Event, 0, replayN)
-		b.ReportAllocs()
-		for b.Loop() {
-			res, err := l.ReplayInto(ctx, "s", from, replayN, buf)
-			if err != nil || len(res.Events) != replayN {
-				b.Fatalf("replay: %d events, %v", len(res.Events), err)
-			}
-		}
 	})
 }
