@@ -53,7 +53,6 @@ const (
 var (
 	errPlannedSwitch = errors.New("planned switch to a better upstream")
 	errNoUpstream    = errors.New("no upstream reachable")
-	errClientGone    = errors.New("client disconnected")
 )
 
 // frame is one item of the session's replay queue (an upstream-bound
