@@ -42,6 +42,7 @@ func (c Class) String() string {
 // as [*HTTPError]. [DefaultClassifier] looks for it with errors.As.
 type StatusCoder interface {
 	error
+	// HTTPStatus returns the response's HTTP status code, e.g. 404.
 	HTTPStatus() int
 }
 
