@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
+	"github.com/steadfast-go/steadfast/failover"
 	"github.com/steadfast-go/steadfast/replayqueue"
 )
 
@@ -53,7 +55,6 @@ const (
 var (
 	errPlannedSwitch = errors.New("planned switch to a better upstream")
 	errNoUpstream    = errors.New("no upstream reachable")
-	errClientGone    = errors.New("client disconnected")
 )
 
 // frame is one item of the session's replay queue (an upstream-bound
@@ -138,9 +139,10 @@ func (x *upConn) send(f *frame) error {
 }
 
 type session struct {
-	p   *Proxy
-	cc  *websocket.Conn
-	log *slog.Logger
+	p      *Proxy
+	cc     *websocket.Conn
+	log    *slog.Logger
+	client string // rate-limit key
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -168,13 +170,26 @@ type session struct {
 }
 
 func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request) {
+	client, ok := p.authorize(r)
+	if !ok {
+		p.m.denied.WithLabelValues(denyAuth).Inc()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="steadfast-proxy"`)
+		p.writeLocal(w, http.StatusUnauthorized, nil, &jsonrpc.Error{Code: jsonrpc.CodeUnauthorized,
+			Message: "missing or unknown bearer token (Authorization: Bearer TOKEN)"})
+		return
+	}
+	if !p.hasWS() {
+		p.writeLocal(w, http.StatusServiceUnavailable, nil, &jsonrpc.Error{Code: jsonrpc.CodeNoUpstream,
+			Message: "no upstream has a WebSocket URL: use HTTP"})
+		return
+	}
 	cc, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept wrote the HTTP error
 	}
-	cc.SetReadLimit(DefaultMaxBodyBytes)
+	cc.SetReadLimit(p.cfg.MaxBodyBytes)
 	s := &session{
-		p: p, cc: cc, log: p.log.With("client", r.RemoteAddr),
+		p: p, cc: cc, log: p.log.With("client", r.RemoteAddr), client: client,
 		changed: make(chan struct{}, 1), lost: make(chan *upConn, 16), kick: make(chan struct{}, 1),
 		conns: make(map[*upConn]struct{}), subs: make(map[string]*subscription),
 		pending: make(map[uint64]*pendingReq),
@@ -257,11 +272,21 @@ func (s *session) handleClientFrame(data []byte) {
 	if f.Batch {
 		b = &batchReply{remaining: len(f.Msgs)}
 	}
+	limited := !s.p.limit.take(s.client, len(f.Msgs), time.Now())
+	if limited {
+		s.p.m.denied.WithLabelValues(denyRateLimit).Inc()
+	}
 	for i := range f.Msgs {
 		m := &f.Msgs[i]
 		e := f.Errs[i]
 		if e == nil {
 			e = jsonrpc.Validate(m)
+		}
+		if e == nil && limited {
+			e = &jsonrpc.Error{Code: jsonrpc.CodeLimitExceeded, Message: "rate limit exceeded"}
+		}
+		if e == nil {
+			e = s.p.admit(m)
 		}
 		if e != nil {
 			s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
@@ -322,17 +347,7 @@ func (s *session) writeLocked(b []byte) {
 }
 
 func encodeRequest(id uint64, method string, params json.RawMessage) []byte {
-	b := make([]byte, 0, 64+len(method)+len(params))
-	b = append(b, `{"jsonrpc":"2.0","id":`...)
-	b = strconv.AppendUint(b, id, 10)
-	b = append(b, `,"method":`...)
-	mq, _ := json.Marshal(method)
-	b = append(b, mq...)
-	if len(params) > 0 {
-		b = append(b, `,"params":`...)
-		b = append(b, params...)
-	}
-	return append(b, '}')
+	return jsonrpc.AppendRequest(make([]byte, 0, 64+len(method)+len(params)), id, method, params)
 }
 
 // forward sends a client request (or notification) upstream through the
@@ -837,12 +852,7 @@ func trim0x(s string) string {
 }
 
 func notification(sub string, result json.RawMessage) []byte {
-	b := make([]byte, 0, 96+len(sub)+len(result))
-	b = append(b, `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"`...)
-	b = append(b, sub...)
-	b = append(b, `","result":`...)
-	b = append(b, result...)
-	return append(b, "}}"...)
+	return jsonrpc.AppendNotification(make([]byte, 0, 96+len(sub)+len(result)), sub, result)
 }
 
 // fetchHeads gets blocks from..to from u as newHeads-shaped headers, to
@@ -910,7 +920,7 @@ func (s *session) control() {
 // retryIn says whether the session should try again to reach its
 // preferred upstream, and when.
 func (s *session) retryIn(delay time.Duration) (time.Duration, bool) {
-	want, ok := s.p.group.PickIndex()
+	want, ok := s.pick()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur == nil {
@@ -931,7 +941,7 @@ func (s *session) retryIn(delay time.Duration) (time.Duration, bool) {
 // last (one that just failed). It reports whether the session ended up
 // where it wants to be.
 func (s *session) reconcile(skip int) bool {
-	want, ok := s.p.group.PickIndex()
+	want, ok := s.pick()
 	s.mu.Lock()
 	cur := s.cur
 	s.mu.Unlock()
@@ -977,7 +987,7 @@ func (s *session) onLost(x *upConn) {
 // candidates lists upstreams to try: the selected one, then the healthy
 // ones by priority, then the rest; skip goes last.
 func (s *session) candidates(skip int) []int {
-	want, ok := s.p.group.PickIndex()
+	want, ok := s.pick()
 	var out []int
 	seen := make([]bool, len(s.p.ups))
 	add := func(i int) {
@@ -1001,7 +1011,7 @@ func (s *session) candidates(skip int) []int {
 	if skip >= 0 {
 		out = append(out, skip)
 	}
-	return out
+	return slices.DeleteFunc(out, func(i int) bool { return s.p.ups[i].WSURL == "" })
 }
 
 func (s *session) connectBest(skip int) bool {
@@ -1281,4 +1291,19 @@ func (s *session) stats() (subs, queued int) {
 	subs, q := len(s.subs), s.q
 	s.mu.Unlock()
 	return subs, q.Len()
+}
+
+// pick is the upstream the session should be on: the selected one, or,
+// when that one has no WebSocket URL, the best healthy one that has.
+func (s *session) pick() (int, bool) {
+	i, ok := s.p.group.PickIndex()
+	if s.p.ups[i].WSURL != "" {
+		return i, ok
+	}
+	for _, t := range s.p.group.Status() {
+		if t.State == failover.Healthy && !t.Drained && s.p.ups[t.Index].WSURL != "" {
+			return t.Index, true
+		}
+	}
+	return i, false
 }
