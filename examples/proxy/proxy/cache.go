@@ -120,6 +120,10 @@ func cacheable(method string, params json.RawMessage, finalized uint64) bool {
 	if json.Unmarshal(params, &ps) != nil || idx >= len(ps) {
 		return false
 	}
+	if byHashMethods[method] {
+		var h string
+		return json.Unmarshal(ps[0], &h) == nil && isHash(h)
+	}
 	return immutableBlock(ps[idx], finalized)
 }
 
