@@ -37,12 +37,6 @@ type shared struct {
 	u      *upstream
 }
 
-// sharedReply is the shape of a single upstream reply.
-type sharedReply struct {
-	Result json.RawMessage `json:"result"`
-	Error  json.RawMessage `json:"error"`
-}
-
 // serveShared answers one read through the cache or a shared upstream
 // call. ok is false when the request is not eligible (the caller forwards
 // it as usual).
@@ -81,11 +75,11 @@ func (p *Proxy) sharedCall(method string, params json.RawMessage) (*shared, erro
 		return nil, err
 	}
 	defer rep.release()
-	var r sharedReply
-	if json.Unmarshal(rep.body.Bytes(), &r) != nil || (len(r.Result) == 0 && len(r.Error) == 0) {
+	result, errObj, ok := jsonrpc.ScanResult(rep.body.Bytes())
+	if !ok {
 		return nil, errBadReply
 	}
-	sh := &shared{status: rep.status, u: u, result: bytes.Clone(r.Result), errObj: bytes.Clone(r.Error)}
+	sh := &shared{status: rep.status, u: u, result: bytes.Clone(result), errObj: bytes.Clone(errObj)}
 	if len(sh.errObj) == 0 {
 		p.noteHead(method, sh.result)
 	}

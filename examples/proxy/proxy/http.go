@@ -158,6 +158,12 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if m, ok := jsonrpc.ScanRequest(body); ok { // the common shape: no full decode
+		if !p.rateLimited(w, client, 1, m.ID) {
+			p.serveSingle(w, body, &m)
+		}
+		return
+	}
 	f, perr := jsonrpc.Parse(body)
 	if perr != nil {
 		var je *jsonrpc.Error
