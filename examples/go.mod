@@ -16,6 +16,7 @@ require (
 	github.com/steadfast-go/steadfast v0.0.0-00010101000000-000000000000
 	github.com/steadfast-go/steadfast/eventlog/sqlitestore v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
+	golang.org/x/sync v0.24.0
 	pgregory.net/rapid v1.3.0
 )
 
