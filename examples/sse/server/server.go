@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/steadfast-go/steadfast/eventlog"
@@ -34,6 +35,8 @@ const (
 	// DefaultEndedRetention is how long an ended session is kept before
 	// the sync round deletes it.
 	DefaultEndedRetention = 24 * time.Hour
+	// DefaultDrain is how long Shutdown lets running replies finish.
+	DefaultDrain = 10 * time.Second
 )
 
 // Config configures a Server. The zero Config is usable: in-memory log, the
@@ -76,6 +79,12 @@ type Config struct {
 	// MemoryHistory is how many events per session the in-memory log keeps
 	// (default DefaultMemoryHistory); older ones get a gap or reset.
 	MemoryHistory int
+	// Drain is how long Shutdown lets running replies finish before it
+	// cancels them (zero means DefaultDrain, negative: no drain). A reply
+	// canceled there, and every message still queued, stay queued in the
+	// log: the next start runs them, the canceled one after a restarted
+	// event.
+	Drain time.Duration
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -95,12 +104,15 @@ type Server struct {
 	closing    context.Context // canceled by Shutdown first: SSE streams return
 	endStreams context.CancelFunc
 
+	draining atomic.Bool // set when Shutdown begins: sends and creates get 503
+
 	mu       sync.Mutex // protects sessions, endedAt, stopped, hs
 	sessions map[string]*session
 	endedAt  map[string]time.Time // when each ended session was seen ended
 	stopped  bool
 	hs       *http.Server
-	wg       sync.WaitGroup // workers and the sync loop
+	wg       sync.WaitGroup // the sync loop and the resume at start
+	workers  sync.WaitGroup // the sessions' agent workers
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -141,6 +153,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.EndedRetention == 0 {
 		cfg.EndedRetention = DefaultEndedRetention
 	}
+	if cfg.Drain == 0 {
+		cfg.Drain = DefaultDrain
+	}
 	lg := cfg.Logger
 	if lg == nil {
 		lg = slog.Default()
@@ -170,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.closing, s.endStreams = context.WithCancel(context.Background())
 	s.routes()
+	s.wg.Go(s.resumeAll)
 	if cfg.SyncInterval > 0 {
 		s.wg.Go(s.syncLoop)
 	}
@@ -203,15 +219,42 @@ func (s *Server) Serve(ln net.Listener) error {
 	return hs.Serve(ln)
 }
 
-// Shutdown stops the server gracefully: SSE streams end (clients resume by
-// cursor from the next server), in-flight requests finish, running replies
-// are canceled and recorded as such, and the log is closed. It is
-// idempotent.
+// resumeAll loads every session of the log that is not ended, which
+// resumes its queue: messages accepted before a crash or a deploy and never
+// answered run now, in order, without waiting for a client to come back.
+func (s *Server) resumeAll() {
+	infos, err := s.log.Streams(s.baseCtx, func(st eventlog.State) bool { return st != eventlog.Ended })
+	if err != nil {
+		if s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+			s.lg.Error("resume: list sessions", "err", err)
+		}
+		return
+	}
+	for _, in := range infos {
+		if _, err := s.session(s.baseCtx, in.ID); err != nil && s.baseCtx.Err() == nil &&
+			!errors.Is(err, eventlog.ErrStreamDeleted) && !errors.Is(err, eventlog.ErrClosed) {
+			s.lg.Error("resume session", "session", in.ID, "err", err)
+		}
+	}
+}
+
+// Shutdown stops the server gracefully. It drains first: sends and session
+// creation answer 503 and /healthz "draining", no queued message starts,
+// and running replies get up to Config.Drain (or until ctx ends) to finish,
+// while their clients keep streaming. Replies still running then are
+// canceled without an outcome; they and the queued messages stay in the
+// log for the next start. Then SSE streams end (clients resume by cursor
+// from the next server), in-flight requests finish, and the log is closed.
+// It is idempotent.
 //
 // Errors: ctx.Err() if ctx ends before requests finish (connections are then
 // closed), or the log's Close error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
+		s.mu.Lock() // startWorker checks it under s.mu: no worker starts past here
+		s.draining.Store(true)
+		s.mu.Unlock()
+		s.drain(ctx)
 		s.endStreams()
 		s.mu.Lock()
 		hs := s.hs
@@ -227,6 +270,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopped = true
 		s.mu.Unlock()
 		s.cancelBase()
+		s.workers.Wait()
 		s.wg.Wait()
 		if err := s.log.Close(); err != nil {
 			errs = append(errs, err)
@@ -236,9 +280,33 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.shutdownErr
 }
 
+// drain waits up to Config.Drain (and no longer than ctx) for the running
+// replies to finish, then cancels the rest.
+func (s *Server) drain(ctx context.Context) {
+	idle := make(chan struct{})
+	go func() {
+		s.workers.Wait()
+		close(idle)
+	}()
+	if s.cfg.Drain > 0 {
+		s.lg.Info("draining", "for", s.cfg.Drain)
+		t := time.NewTimer(s.cfg.Drain)
+		defer t.Stop()
+		select {
+		case <-idle:
+			return
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	s.cancelBase()
+	<-idle
+}
+
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	m.HandleFunc("GET /{$}", s.handleIndex)
+	m.HandleFunc("GET /healthz", s.handleHealth)
 	m.HandleFunc("POST /sessions", s.handleCreate)
 	m.HandleFunc("GET /sessions/{id}", s.withSession(s.handleInfo))
 	m.HandleFunc("GET /sessions/{id}/events", s.withSession(s.handleEvents))
@@ -257,6 +325,31 @@ func (s *Server) routes() {
 type errorBody struct {
 	Error string `json:"error"`
 	State string `json:"state,omitempty"`
+	// ID is the cursor of the original message of a send retried with a
+	// known idempotency key (409, 422).
+	ID string `json:"id,omitempty"`
+}
+
+// unavailable answers 503 while the server drains or shuts down: the
+// client retries, in order, against the next server.
+func (s *Server) unavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, "server shutting down")
+}
+
+// HealthResponse is the body of GET /healthz.
+type HealthResponse struct {
+	// Status is "ok", or "draining" (answered with 503) once Shutdown has
+	// begun: a load balancer stops sending new requests here.
+	Status string `json:"status"`
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, HealthResponse{Status: "draining"})
+		return
+	}
+	writeJSON(w, http.StatusOK, HealthResponse{Status: "ok"})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
