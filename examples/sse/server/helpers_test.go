@@ -171,7 +171,7 @@ func stored(evs []client.Event) []client.Event {
 	var out []client.Event
 	for _, ev := range evs {
 		switch ev.Type {
-		case server.TypeUser, server.TypeDelta, server.TypeDone, server.TypeInterrupted, server.TypeFailed, server.TypeState:
+		case server.TypeUser, server.TypeDelta, server.TypeDone, server.TypeInterrupted, server.TypeFailed, server.TypeRestarted, server.TypeState:
 			out = append(out, ev)
 		}
 	}
