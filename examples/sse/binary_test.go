@@ -431,3 +431,5 @@ func TestBinaryCommandLine(t *testing.T) {
 		}
 	}
 }
+
+func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }

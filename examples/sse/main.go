@@ -61,7 +61,7 @@ Flags:
 
 // options are the parsed flags.
 type options struct {
-	addr, db, agentCmd                  string
+	addr, db, agentCmd, advertise       string
 	typing, heartbeat, retention, drain time.Duration
 	gapCap, maxLag                      int
 	verbose                             bool
@@ -79,6 +79,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address")
 	fs.StringVar(&o.db, "db", "", "event log: a SQLite file, or a postgres:// URL shared by several servers (empty: in memory, lost on restart)")
+	fs.StringVar(&o.advertise, "advertise", "", "with -db postgres://...: the URL other replicas reach this one at (default http://<addr>)")
 	fs.StringVar(&o.agentCmd, "agent-cmd", "", "shell command run per message instead of the echo simulator (message on stdin, reply lines on stdout)")
 	fs.DurationVar(&o.typing, "typing-delay", 60*time.Millisecond, "simulator: delay between streamed words")
 	fs.IntVar(&o.gapCap, "gap-cap", server.DefaultGapCap, "most events replayed to a reconnecting client (> 0); further behind gets a gap event")
@@ -137,7 +138,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 		agent = &server.Command{Cmd: o.agentCmd}
 	}
 	srv, err := server.New(server.Config{
-		DBPath: o.db, Agent: agent, GapCap: o.gapCap, MaxLag: o.maxLag,
+		DBPath: o.db, AdvertiseURL: o.advertise, Agent: agent, GapCap: o.gapCap, MaxLag: o.maxLag,
 		Heartbeat: o.heartbeat, EndedRetention: o.retention, Drain: drain, Logger: lg,
 	})
 	if err != nil {

@@ -42,9 +42,14 @@ const (
 // Config configures a Server. The zero Config is usable: in-memory log, the
 // typing simulator, the defaults above.
 type Config struct {
-	// DBPath is the SQLite file of the event log; empty keeps events in
-	// memory (lost on restart: clients then get reset).
+	// DBPath is the event log: a SQLite file, or a postgres:// URL of a
+	// database that several servers (replicas) share; empty keeps events
+	// in memory (lost on restart: clients then get reset).
 	DBPath string
+	// AdvertiseURL is how the other replicas reach this one (to forward
+	// stop, interrupt and delete to the leader); empty means
+	// http://<listen address>. Used with a PostgreSQL DBPath only.
+	AdvertiseURL string
 	// Agent answers user messages; nil means a Simulator.
 	Agent Agent
 	// GapCap is the most events replayed to a reconnecting client; a client
@@ -95,6 +100,7 @@ type Config struct {
 type Server struct {
 	cfg   Config
 	log   *eventlog.Log
+	sh    *shared // replicas on PostgreSQL; nil for an embedded log
 	agent Agent
 	lg    *slog.Logger
 	mux   *http.ServeMux
@@ -161,7 +167,14 @@ func New(cfg Config) (*Server, error) {
 		lg = slog.Default()
 	}
 	var l *eventlog.Log
-	if cfg.DBPath != "" {
+	var sh *shared
+	if IsSharedDB(cfg.DBPath) {
+		st, shd, err := openShared(cfg.DBPath)
+		if err != nil {
+			return nil, fmt.Errorf("server: open the PostgreSQL log: %w", err)
+		}
+		l, sh = eventlog.New(eventlog.WithStore(st)), shd
+	} else if cfg.DBPath != "" {
 		st, err := sqlitestore.Open(cfg.DBPath)
 		if err != nil {
 			return nil, fmt.Errorf("server: open %s: %w", cfg.DBPath, err)
@@ -178,16 +191,23 @@ func New(cfg Config) (*Server, error) {
 		ag = &Simulator{}
 	}
 	s := &Server{
-		cfg: cfg, log: l, agent: ag, lg: lg,
+		cfg: cfg, log: l, agent: ag, lg: lg, sh: sh,
 		sessions: make(map[string]*session),
 		endedAt:  make(map[string]time.Time),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.closing, s.endStreams = context.WithCancel(context.Background())
 	s.routes()
-	s.wg.Go(s.resumeAll)
-	if cfg.SyncInterval > 0 {
-		s.wg.Go(s.syncLoop)
+	switch {
+	case sh != nil:
+		// The leader, once elected, resumes the queues and syncs.
+		s.wg.Go(s.elect)
+		s.wg.Go(s.refreshLoop)
+	default:
+		s.wg.Go(func() { s.resumeAll(s.baseCtx) })
+		if cfg.SyncInterval > 0 {
+			s.wg.Go(func() { s.syncLoop(s.baseCtx) })
+		}
 	}
 	epoch, _ := l.Epoch(context.Background())
 	lg.Info("event log opened", "db", cfg.DBPath, "epoch", epoch)
@@ -216,22 +236,30 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.hs = hs
 	s.mu.Unlock()
+	if s.sh != nil && s.sh.self.Load() == nil {
+		self := s.cfg.AdvertiseURL
+		if self == "" {
+			self = "http://" + ln.Addr().String()
+		}
+		s.sh.self.Store(&self)
+		close(s.sh.ready)
+	}
 	return hs.Serve(ln)
 }
 
 // resumeAll loads every session of the log that is not ended, which
 // resumes its queue: messages accepted before a crash or a deploy and never
 // answered run now, in order, without waiting for a client to come back.
-func (s *Server) resumeAll() {
-	infos, err := s.log.Streams(s.baseCtx, func(st eventlog.State) bool { return st != eventlog.Ended })
+func (s *Server) resumeAll(ctx context.Context) {
+	infos, err := s.log.Streams(ctx, func(st eventlog.State) bool { return st != eventlog.Ended })
 	if err != nil {
-		if s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+		if ctx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
 			s.lg.Error("resume: list sessions", "err", err)
 		}
 		return
 	}
 	for _, in := range infos {
-		if _, err := s.session(s.baseCtx, in.ID); err != nil && s.baseCtx.Err() == nil &&
+		if _, err := s.session(ctx, in.ID); err != nil && ctx.Err() == nil &&
 			!errors.Is(err, eventlog.ErrStreamDeleted) && !errors.Is(err, eventlog.ErrClosed) {
 			s.lg.Error("resume session", "session", in.ID, "err", err)
 		}
@@ -274,6 +302,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		if err := s.log.Close(); err != nil {
 			errs = append(errs, err)
+		}
+		if s.sh != nil {
+			s.sh.pool.Close()
 		}
 		s.shutdownErr = errors.Join(errs...)
 	})

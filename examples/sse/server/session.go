@@ -103,6 +103,8 @@ type session struct {
 
 	mu         chanMutex
 	keys       map[string]*accepted // idempotency key -> its message
+	started    map[string]bool      // a delta of the reply was stored since its last (re)start
+	indexed    uint64               // the last seq applied to keys and started
 	queue      []queued             // accepted, waiting for the agent
 	running    bool                 // a worker goroutine is active
 	workerDone chan struct{}        // closed when the running worker exits
@@ -154,7 +156,7 @@ func stateName(st eventlog.State) string {
 }
 
 func newSession(id string) *session {
-	return &session{id: id, mu: newChanMutex(), keys: make(map[string]*accepted), lastActive: time.Now()}
+	return &session{id: id, mu: newChanMutex(), keys: make(map[string]*accepted), started: make(map[string]bool), lastActive: time.Now()}
 }
 
 // session returns the loaded session id, loading it from the log (after a
@@ -207,9 +209,8 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 // them marked for a restart if its reply was cut mid-way.
 func (s *Server) rebuild(ctx context.Context, sess *session) ([]queued, error) {
 	var (
-		buf     []eventlog.Event
-		order   []UserEvent
-		started = map[string]bool{} // a delta was stored since the last (re)start
+		buf   []eventlog.Event
+		order []UserEvent
 	)
 	// Older history may have been dropped by retention: keys of those
 	// messages are forgotten (the dedup window is the retention). Start at
@@ -239,17 +240,18 @@ func (s *Server) rebuild(ctx context.Context, sess *session) ([]queued, error) {
 			break
 		}
 		for _, ev := range evs {
-			if u, ok := sess.replay(ev, started); ok {
+			if u, ok := sess.replay(ev, sess.started); ok {
 				order = append(order, u)
 			}
 		}
 		after = evs[len(evs)-1].Seq
 		buf = evs
 	}
+	sess.indexed = after
 	var open []queued
 	for _, u := range order {
 		if !sess.keys[u.Key].answered {
-			open = append(open, queued{UserEvent: u, restart: started[u.Key]})
+			open = append(open, queued{UserEvent: u, restart: sess.started[u.Key]})
 		}
 	}
 	return open, nil
@@ -447,10 +449,27 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 	if !s.decodeBody(w, r, &req) || !sendKey(w, r, &req) || !validSend(w, req) {
 		return
 	}
+	// With replicas, the session's lock across them is held from the key
+	// check to the append, and the index is first brought up to date with
+	// what the others accepted.
+	unlock, err := s.sharedLock(r.Context(), sess.id)
+	if err != nil {
+		if r.Context().Err() == nil {
+			s.internalError(w, "send", sess.id, err)
+		}
+		return
+	}
+	defer unlock()
 	if err := sess.mu.LockCtx(r.Context()); err != nil {
 		return // the client left
 	}
 	defer sess.mu.Unlock()
+	if s.sh != nil {
+		if err := s.refresh(r.Context(), sess); err != nil {
+			s.internalError(w, "send", sess.id, err)
+			return
+		}
+	}
 	if a := sess.keys[req.IdempotencyKey]; a != nil {
 		s.answerRetry(w, r, a, req.Text)
 		return
@@ -482,8 +501,17 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.internalError(w, "send", sess.id, err)
 		return
 	}
-	sess.keys[msg.Key] = &accepted{seq: c.Seq, sum: sha256.Sum256([]byte(msg.Text))}
-	sess.queue = append(sess.queue, queued{UserEvent: msg})
+	if s.sh != nil {
+		// The queue takes messages in stream order, whichever replica
+		// accepted them: through the index.
+		if err := s.refresh(r.Context(), sess); err != nil {
+			s.lg.Warn("send: refresh after the append", "session", sess.id, "err", err)
+		}
+	}
+	if sess.keys[msg.Key] == nil {
+		sess.keys[msg.Key] = &accepted{seq: c.Seq, sum: sha256.Sum256([]byte(msg.Text))}
+		sess.queue = append(sess.queue, queued{UserEvent: msg})
+	}
 	sess.lastActive = time.Now()
 	s.startWorker(sess)
 	writeJSON(w, http.StatusAccepted, SendResponse{Status: "accepted", ID: c.String()})
@@ -518,6 +546,10 @@ func (s *Server) startWorker(sess *session) {
 	if sess.running {
 		return
 	}
+	ctx := s.runCtx()
+	if ctx == nil || ctx.Err() != nil {
+		return // a follower replica: the leader runs the queues
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped || s.draining.Load() {
@@ -528,17 +560,20 @@ func (s *Server) startWorker(sess *session) {
 	sess.workerDone = done
 	s.workers.Go(func() {
 		defer close(done)
-		s.work(sess)
+		s.work(ctx, sess)
 	})
 }
 
 // work runs the agent on the session's queued messages, one at a time, in
 // order. On shutdown it stops between messages and leaves the rest
 // queued in the log: the next start runs them.
-func (s *Server) work(sess *session) {
+func (s *Server) work(runCtx context.Context, sess *session) {
 	for {
 		sess.mu.Lock()
-		if len(sess.queue) == 0 || sess.stopping || s.draining.Load() || s.baseCtx.Err() != nil {
+		for len(sess.queue) > 0 && sess.keys[sess.queue[0].Key] != nil && sess.keys[sess.queue[0].Key].answered {
+			sess.queue = sess.queue[1:] // answered since it was queued (by another leader)
+		}
+		if len(sess.queue) == 0 || sess.stopping || s.draining.Load() || runCtx.Err() != nil {
 			sess.running = false
 			sess.cancel = nil
 			sess.lastActive = time.Now()
@@ -547,7 +582,8 @@ func (s *Server) work(sess *session) {
 		}
 		msg := sess.queue[0]
 		sess.queue = sess.queue[1:]
-		ctx, cancel := context.WithCancelCause(s.baseCtx)
+		msg.restart = msg.restart || sess.started[msg.Key]
+		ctx, cancel := context.WithCancelCause(runCtx)
 		sess.cancel = cancel
 		sess.mu.Unlock()
 
@@ -650,6 +686,9 @@ type ControlResponse struct {
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	resp, err := s.stop(r.Context(), sess)
 	switch {
 	case r.Context().Err() != nil:
@@ -729,6 +768,9 @@ type DeleteResponse struct {
 // events are freed, its clients get an end event, and later requests for it
 // get 410 Gone. The id is never reused (see eventlog.Log.Delete).
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	resp, err := s.stop(r.Context(), sess)
 	if r.Context().Err() != nil {
 		return
@@ -764,6 +806,9 @@ func (s *Server) forget(id string) {
 }
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	if err := sess.mu.LockCtx(r.Context()); err != nil {
 		return
 	}
@@ -886,12 +931,12 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 }
 
 // syncLoop runs the periodic session sync round until Shutdown.
-func (s *Server) syncLoop() {
-	err := s.log.SyncEvery(s.baseCtx, s.cfg.SyncInterval, s.allIDs, s.syncSession, func(r eventlog.SyncReport) {
+func (s *Server) syncLoop(ctx context.Context) {
+	err := s.log.SyncEvery(ctx, s.cfg.SyncInterval, s.allIDs, s.syncSession, func(r eventlog.SyncReport) {
 		s.syncReport(r)
-		s.expireEnded(s.baseCtx)
+		s.expireEnded(ctx)
 	})
-	if err != nil && s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
 		s.lg.Error("sync loop stopped", "err", err)
 	}
 }
