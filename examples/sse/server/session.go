@@ -104,6 +104,7 @@ type session struct {
 	mu         chanMutex
 	keys       map[string]*accepted // idempotency key -> its message
 	started    map[string]bool      // a delta of the reply was stored since its last (re)start
+	unanswered int                  // accepted messages with no outcome yet (queued or running)
 	indexed    uint64               // the last seq applied to keys and started
 	queue      []queued             // accepted, waiting for the agent
 	running    bool                 // a worker goroutine is active
@@ -193,7 +194,7 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 		s.forget(id)
 		return nil, err
 	}
-	if st != eventlog.Ended && len(open) > 0 {
+	if st != eventlog.Ended && len(open) > 0 && s.runCtx() != nil {
 		sess.mu.Lock()
 		sess.queue = append(open, sess.queue...)
 		s.startWorker(sess)
@@ -265,7 +266,7 @@ func (sess *session) replay(ev eventlog.Event, started map[string]bool) (UserEve
 		if json.Unmarshal(ev.Data, &u) != nil || u.Key == "" || sess.keys[u.Key] != nil {
 			return UserEvent{}, false
 		}
-		sess.keys[u.Key] = &accepted{seq: ev.Seq, sum: sha256.Sum256([]byte(u.Text))}
+		sess.accept(u, ev.Seq)
 		return u, true
 	}
 	var re ReplyEvent
@@ -278,11 +279,23 @@ func (sess *session) replay(ev eventlog.Event, started map[string]bool) (UserEve
 	case TypeRestarted:
 		started[re.ReplyTo] = false
 	case TypeDone, TypeInterrupted, TypeFailed, typeLegacyError:
-		if a := sess.keys[re.ReplyTo]; a != nil {
-			a.answered = true
-		}
+		sess.answer(re.ReplyTo)
 	}
 	return UserEvent{}, false
+}
+
+// accept records message u, stored at seq, in the idempotency index.
+func (sess *session) accept(u UserEvent, seq uint64) {
+	sess.keys[u.Key] = &accepted{seq: seq, sum: sha256.Sum256([]byte(u.Text))}
+	sess.unanswered++
+}
+
+// answer records that the message with key has an outcome.
+func (sess *session) answer(key string) {
+	if a := sess.keys[key]; a != nil && !a.answered {
+		a.answered = true
+		sess.unanswered--
+	}
 }
 
 // append stores one event; its error is logged and returned.
@@ -483,8 +496,8 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		writeJSON(w, http.StatusConflict, errorBody{Error: "session ended", State: "ended"})
 		return
 	}
-	if len(sess.queue) >= s.cfg.MaxPending {
-		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d messages already wait for the agent", len(sess.queue)))
+	if sess.unanswered >= s.cfg.MaxPending {
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d messages already wait for the agent", sess.unanswered))
 		return
 	}
 	if st != eventlog.Active {
@@ -509,7 +522,7 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		}
 	}
 	if sess.keys[msg.Key] == nil {
-		sess.keys[msg.Key] = &accepted{seq: c.Seq, sum: sha256.Sum256([]byte(msg.Text))}
+		sess.accept(msg, c.Seq)
 		sess.queue = append(sess.queue, queued{UserEvent: msg})
 	}
 	sess.lastActive = time.Now()
@@ -606,9 +619,7 @@ func (s *Server) work(runCtx context.Context, sess *session) {
 		}
 		if final != nil {
 			final()
-			if a := sess.keys[msg.Key]; a != nil {
-				a.answered = true
-			}
+			sess.answer(msg.Key)
 		}
 		sess.mu.Unlock()
 		if last {
@@ -738,9 +749,7 @@ func (s *Server) stop(ctx context.Context, sess *session) (ControlResponse, erro
 	for _, m := range waiting {
 		if _, err := s.append(sess, TypeFailed, ReplyEvent{ReplyTo: m.Key, Error: "not answered: session stopped"}); err == nil {
 			sess.mu.Lock()
-			if a := sess.keys[m.Key]; a != nil {
-				a.answered = true
-			}
+			sess.answer(m.Key)
 			sess.mu.Unlock()
 		}
 	}

@@ -339,7 +339,7 @@ func (s *Server) refresh(ctx context.Context, sess *session) error {
 			return err
 		}
 		for _, ev := range evs {
-			if u, ok := sess.replay(ev, sess.started); ok {
+			if u, ok := sess.replay(ev, sess.started); ok && s.runCtx() != nil {
 				sess.queue = append(sess.queue, queued{UserEvent: u})
 			}
 			sess.indexed = ev.Seq
