@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,7 +16,19 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range binDirs {
+		os.RemoveAll(d)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // The binary's run: flags, a SQLite log, the page and the API on loopback,
 // and a clean shutdown when its context ends (as on SIGINT/SIGTERM).
@@ -63,8 +78,10 @@ func TestRunServesAndShutsDown(t *testing.T) {
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {
-	if err := run(t.Context(), []string{"-gap-cap", "x"}, io.Discard, nil); err == nil {
-		t.Fatal("bad flag accepted")
+	for _, args := range [][]string{{"-gap-cap", "x"}, {"-gap-cap", "0"}, {"stray.db"}, {"-max-lag", "-1"}} {
+		if err := run(t.Context(), args, io.Discard, nil); !errors.Is(err, errUsage) {
+			t.Fatalf("%v: %v, want a usage error", args, err)
+		}
 	}
 	if err := run(t.Context(), []string{"-addr", "256.0.0.1:1"}, io.Discard, nil); err == nil {
 		t.Fatal("bad address accepted")

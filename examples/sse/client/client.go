@@ -281,10 +281,23 @@ func (c *Client) post(ctx context.Context, it sendqueue.Item[Request]) error {
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode/100 == 2 {
+	if resp.StatusCode/100 == 2 || inProgress(resp.StatusCode, msg) {
 		return nil
 	}
 	return &sendqueue.HTTPError{StatusCode: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
+}
+
+// inProgress reports a 409 answer to a retried send whose original is
+// still queued or running on the server: the message was accepted, so the
+// send is delivered.
+func inProgress(code int, body []byte) bool {
+	if code != http.StatusConflict {
+		return false
+	}
+	var b struct {
+		State string `json:"state"`
+	}
+	return json.Unmarshal(body, &b) == nil && b.State == "in-progress"
 }
 
 func (c *Client) setConnected(on bool) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the headless-Chromium test of the SSE example's web page.
+# Runs the headless-Chromium tests of the SSE example's web page.
 # Installs Debian's chromium with apt-get if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -16,4 +16,4 @@ if [ -z "$exe" ]; then
 	exe="$(command -v chromium)"
 fi
 echo "== browser test with $exe"
-STEADFAST_CHROMIUM="$exe" go test -race -count=1 -run '^TestWebPageInHeadlessChromium$' -v ./examples/sse/server/
+STEADFAST_CHROMIUM="$exe" go test -race -count=1 -run '^TestWebPage' -v ./examples/sse/server/

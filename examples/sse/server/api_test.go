@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/steadfast-go/steadfast/eventlog"
 	"github.com/steadfast-go/steadfast/examples/sse/client"
@@ -82,38 +83,52 @@ func countTyped(evs []client.Event, typ string) int {
 }
 
 // A send retried with the same key, even concurrently, is stored and
-// executed once.
+// executed once, and the retries are answered as the IETF Idempotency-Key
+// draft says: 409 while the original is in progress, the original answer
+// (202, Idempotency-Replayed: true, the same id) once it has an outcome,
+// and 422 for the key reused with another text.
 func TestSendIsIdempotentByKey(t *testing.T) {
-	r := start(t, server.Config{}, "")
+	r := start(t, server.Config{Agent: &server.Simulator{Delay: 20 * time.Millisecond}}, "")
 	hc := httpClient(t)
 	id := createSession(t, hc, r.url)
+	send := func(text string, hdr ...string) (int, string, map[string]any) {
+		res := call(t, hc, "POST", r.url+"/sessions/"+id+"/send", `{"text":"`+text+`","idempotency_key":"same"}`, hdr...)
+		return res.code, res.replayed, res.body
+	}
 	var wg sync.WaitGroup
-	codes := make([]int, 16)
-	for i := range codes {
+	type answer struct {
+		code     int
+		replayed string
+		id       any
+	}
+	answers := make([]answer, 16)
+	for i := range answers {
 		wg.Go(func() {
-			req, _ := http.NewRequest("POST", r.url+"/sessions/"+id+"/send", strings.NewReader(`{"text":"once please","idempotency_key":"same"}`))
-			resp, err := hc.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			resp.Body.Close()
-			codes[i] = resp.StatusCode
+			code, rep, body := send("once please")
+			answers[i] = answer{code, rep, body["id"]}
 		})
 	}
 	wg.Wait()
-	accepted := 0
-	for _, c := range codes {
-		switch c {
-		case 202:
-			accepted++
-		case 200:
+	fresh, inProgress := 0, 0
+	var origID any
+	for _, a := range answers {
+		switch {
+		case a.code == 202 && a.replayed == "":
+			fresh++
+			origID = a.id
+		case a.code == 409:
+			inProgress++
 		default:
-			t.Fatalf("status %d", c)
+			t.Fatalf("answer %+v during the reply", a)
 		}
 	}
-	if accepted != 1 {
-		t.Fatalf("%d sends accepted, want 1 (codes %v)", accepted, codes)
+	if fresh != 1 || inProgress != 15 {
+		t.Fatalf("%d sends accepted and %d in progress, want 1 and 15 (%v)", fresh, inProgress, answers)
+	}
+	for _, a := range answers {
+		if a.id != origID {
+			t.Fatalf("retry names %v, the original is %v", a.id, origID)
+		}
 	}
 	tr := newTranscript()
 	c, err := client.New(client.Config{BaseURL: r.url, Session: id, OnEvent: tr.add})
@@ -122,6 +137,18 @@ func TestSendIsIdempotentByKey(t *testing.T) {
 	}
 	defer c.Close()
 	tr.waitFor(t, "the reply", func(evs []client.Event) bool { return countTyped(evs, server.TypeDone) == 1 })
+	if code, rep, body := send("once please"); code != 202 || rep != "true" || body["id"] != origID || body["status"] != "accepted" {
+		t.Fatalf("retry after the reply: %d replayed=%q %v, want 202 replayed the original %v", code, rep, body, origID)
+	}
+	if code, _, body := send("once please", "Idempotency-Key", "same"); code != 202 || body["id"] != origID {
+		t.Fatalf("retry with the header: %d %v", code, body)
+	}
+	if code, _, body := send("another text"); code != 422 || body["id"] != origID {
+		t.Fatalf("key reused with another text: %d %v, want 422", code, body)
+	}
+	if res := call(t, hc, "POST", r.url+"/sessions/"+id+"/send", `{"text":"x","idempotency_key":"a"}`, "Idempotency-Key", "b"); res.code != 400 {
+		t.Fatalf("header and body keys differ: %d", res.code)
+	}
 	evs := serverEvents(t, r.srv.Log(), id)
 	if n := countTyped(evs, server.TypeUser); n != 1 {
 		t.Fatalf("%d user events stored, want 1", n)
@@ -257,7 +284,7 @@ func TestIncidentOnlySyncableSessionsAreSynced(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen := map[string]int{}
-		for seen[server.TypeDone] == 0 && seen[server.TypeError] == 0 || w.id == errored && seen[server.TypeState] < 3 {
+		for seen[server.TypeDone] == 0 && seen[server.TypeFailed] == 0 || w.id == errored && seen[server.TypeState] < 3 {
 			res, err := sub.Next(t.Context())
 			if err != nil {
 				t.Fatal(err)

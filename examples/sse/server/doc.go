@@ -12,7 +12,9 @@
 //	GET  /sessions/{id}              {"id", "state", "head"}
 //	GET  /sessions/{id}/events       SSE stream; resume with Last-Event-ID or ?cursor=
 //	GET  /sessions/{id}/history      ?before=<cursor|seq>&limit=N: older events as JSON
-//	POST /sessions/{id}/send         {"text", "idempotency_key"}: 202, or 200 for a duplicate key
+//	POST /sessions/{id}/send         {"text", "idempotency_key"} (or an Idempotency-Key header): 202 accepted;
+//	                                 a retry: 409 in progress, 202 replayed (Idempotency-Replayed: true), 422 other text
+//	GET  /healthz                    200 ok, 503 draining
 //	POST /sessions/{id}/stop         end the session (answered also when already ended)
 //	POST /sessions/{id}/interrupt    cancel the reply being streamed
 //	DELETE /sessions/{id}            stop the session if it runs and delete it: 200 {"deleted", "stopped"}; later requests get 410
@@ -23,13 +25,30 @@
 // # The event stream
 //
 // Stored events carry "id: <epoch>:<seq>" and one of the types user, delta,
-// done, interrupted, error and state, with a JSON payload. The stream also
+// done, interrupted, failed, restarted and state, with a JSON payload. The stream also
 // sends events that are not stored: gap (the cursor was more than the gap
 // cap behind: {"skipped", "head", "history"}), reset (the cursor is from
 // another epoch, expired or ahead: reload), cutoff (this client fell too far
 // behind and is disconnected: resume from {"resume"}), and end (the session
 // ended, {"state":"ended"}, or was deleted, {"state":"deleted"}).
 // Heartbeats are SSE comments.
+//
+// # Durable sends
+//
+// A send answered 202 is a user event in the log before the answer, and its
+// place in the stream is its place in the session's queue. A server that
+// starts resumes every session that is not ended: the messages with no
+// outcome (done, interrupted, failed) run in order, and one whose reply was
+// cut mid-way runs again after a restarted event. Shutdown drains: sends
+// get 503, running replies get Config.Drain to finish, and the rest stay
+// queued in the log.
+//
+// # Replicas
+//
+// With a postgres:// DBPath several servers share the sessions: any of them
+// serves streams and accepts sends (under the session's advisory lock), and
+// the one holding the leader lock runs the agent queues and the sync round;
+// see shared.go.
 //
 // # Sync and retention
 //

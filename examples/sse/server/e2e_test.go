@@ -445,7 +445,7 @@ func TestKillConnection100TimesTranscriptEqualsServer(t *testing.T) {
 // repliesFinished reports whether every user message has a final reply
 // event.
 func repliesFinished(evs []client.Event) bool {
-	return countTyped(evs, server.TypeUser) > 0 && countTyped(evs, server.TypeUser) == countTyped(evs, server.TypeDone)+countTyped(evs, server.TypeError)+countTyped(evs, server.TypeInterrupted)
+	return countTyped(evs, server.TypeUser) > 0 && countTyped(evs, server.TypeUser) == countTyped(evs, server.TypeDone)+countTyped(evs, server.TypeFailed)+countTyped(evs, server.TypeInterrupted)
 }
 
 // A slow client is cut off with a reason instead of slowing others, and

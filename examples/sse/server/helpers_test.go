@@ -85,9 +85,10 @@ func httpClient(t *testing.T) *http.Client {
 }
 
 type apiResult struct {
-	code int
-	body map[string]any
-	raw  string
+	code     int
+	replayed string // the Idempotency-Replayed header
+	body     map[string]any
+	raw      string
 }
 
 func call(t *testing.T, hc *http.Client, method, url, body string, hdr ...string) apiResult {
@@ -105,7 +106,7 @@ func call(t *testing.T, hc *http.Client, method, url, body string, hdr ...string
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	res := apiResult{code: resp.StatusCode, raw: string(raw)}
+	res := apiResult{code: resp.StatusCode, raw: string(raw), replayed: resp.Header.Get("Idempotency-Replayed")}
 	json.Unmarshal(raw, &res.body)
 	return res
 }
@@ -170,7 +171,7 @@ func stored(evs []client.Event) []client.Event {
 	var out []client.Event
 	for _, ev := range evs {
 		switch ev.Type {
-		case server.TypeUser, server.TypeDelta, server.TypeDone, server.TypeInterrupted, server.TypeError, server.TypeState:
+		case server.TypeUser, server.TypeDelta, server.TypeDone, server.TypeInterrupted, server.TypeFailed, server.TypeRestarted, server.TypeState:
 			out = append(out, ev)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/steadfast-go/steadfast/eventlog"
@@ -34,14 +35,21 @@ const (
 	// DefaultEndedRetention is how long an ended session is kept before
 	// the sync round deletes it.
 	DefaultEndedRetention = 24 * time.Hour
+	// DefaultDrain is how long Shutdown lets running replies finish.
+	DefaultDrain = 10 * time.Second
 )
 
 // Config configures a Server. The zero Config is usable: in-memory log, the
 // typing simulator, the defaults above.
 type Config struct {
-	// DBPath is the SQLite file of the event log; empty keeps events in
-	// memory (lost on restart: clients then get reset).
+	// DBPath is the event log: a SQLite file, or a postgres:// URL of a
+	// database that several servers (replicas) share; empty keeps events
+	// in memory (lost on restart: clients then get reset).
 	DBPath string
+	// AdvertiseURL is how the other replicas reach this one (to forward
+	// stop, interrupt and delete to the leader); empty means
+	// http://<listen address>. Used with a PostgreSQL DBPath only.
+	AdvertiseURL string
 	// Agent answers user messages; nil means a Simulator.
 	Agent Agent
 	// GapCap is the most events replayed to a reconnecting client; a client
@@ -76,6 +84,12 @@ type Config struct {
 	// MemoryHistory is how many events per session the in-memory log keeps
 	// (default DefaultMemoryHistory); older ones get a gap or reset.
 	MemoryHistory int
+	// Drain is how long Shutdown lets running replies finish before it
+	// cancels them (zero means DefaultDrain, negative: no drain). A reply
+	// canceled there, and every message still queued, stay queued in the
+	// log: the next start runs them, the canceled one after a restarted
+	// event.
+	Drain time.Duration
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -86,6 +100,7 @@ type Config struct {
 type Server struct {
 	cfg   Config
 	log   *eventlog.Log
+	sh    *shared // replicas on PostgreSQL; nil for an embedded log
 	agent Agent
 	lg    *slog.Logger
 	mux   *http.ServeMux
@@ -95,12 +110,15 @@ type Server struct {
 	closing    context.Context // canceled by Shutdown first: SSE streams return
 	endStreams context.CancelFunc
 
+	draining atomic.Bool // set when Shutdown begins: sends and creates get 503
+
 	mu       sync.Mutex // protects sessions, endedAt, stopped, hs
 	sessions map[string]*session
 	endedAt  map[string]time.Time // when each ended session was seen ended
 	stopped  bool
 	hs       *http.Server
-	wg       sync.WaitGroup // workers and the sync loop
+	wg       sync.WaitGroup // the sync loop and the resume at start
+	workers  sync.WaitGroup // the sessions' agent workers
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -141,12 +159,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.EndedRetention == 0 {
 		cfg.EndedRetention = DefaultEndedRetention
 	}
+	if cfg.Drain == 0 {
+		cfg.Drain = DefaultDrain
+	}
 	lg := cfg.Logger
 	if lg == nil {
 		lg = slog.Default()
 	}
 	var l *eventlog.Log
-	if cfg.DBPath != "" {
+	var sh *shared
+	if IsSharedDB(cfg.DBPath) {
+		st, shd, err := openShared(cfg.DBPath)
+		if err != nil {
+			return nil, fmt.Errorf("server: open the PostgreSQL log: %w", err)
+		}
+		l, sh = eventlog.New(eventlog.WithStore(st)), shd
+	} else if cfg.DBPath != "" {
 		st, err := sqlitestore.Open(cfg.DBPath)
 		if err != nil {
 			return nil, fmt.Errorf("server: open %s: %w", cfg.DBPath, err)
@@ -163,15 +191,23 @@ func New(cfg Config) (*Server, error) {
 		ag = &Simulator{}
 	}
 	s := &Server{
-		cfg: cfg, log: l, agent: ag, lg: lg,
+		cfg: cfg, log: l, agent: ag, lg: lg, sh: sh,
 		sessions: make(map[string]*session),
 		endedAt:  make(map[string]time.Time),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.closing, s.endStreams = context.WithCancel(context.Background())
 	s.routes()
-	if cfg.SyncInterval > 0 {
-		s.wg.Go(s.syncLoop)
+	switch {
+	case sh != nil:
+		// The leader, once elected, resumes the queues and syncs.
+		s.wg.Go(s.elect)
+		s.wg.Go(s.refreshLoop)
+	default:
+		s.wg.Go(func() { s.resumeAll(s.baseCtx) })
+		if cfg.SyncInterval > 0 {
+			s.wg.Go(func() { s.syncLoop(s.baseCtx) })
+		}
 	}
 	epoch, _ := l.Epoch(context.Background())
 	lg.Info("event log opened", "db", cfg.DBPath, "epoch", epoch)
@@ -200,18 +236,53 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.hs = hs
 	s.mu.Unlock()
+	if s.sh != nil && s.sh.self.Load() == nil {
+		self := s.cfg.AdvertiseURL
+		if self == "" {
+			self = "http://" + ln.Addr().String()
+		}
+		s.sh.self.Store(&self)
+		close(s.sh.ready)
+	}
 	return hs.Serve(ln)
 }
 
-// Shutdown stops the server gracefully: SSE streams end (clients resume by
-// cursor from the next server), in-flight requests finish, running replies
-// are canceled and recorded as such, and the log is closed. It is
-// idempotent.
+// resumeAll loads every session of the log that is not ended, which
+// resumes its queue: messages accepted before a crash or a deploy and never
+// answered run now, in order, without waiting for a client to come back.
+func (s *Server) resumeAll(ctx context.Context) {
+	infos, err := s.log.Streams(ctx, func(st eventlog.State) bool { return st != eventlog.Ended })
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+			s.lg.Error("resume: list sessions", "err", err)
+		}
+		return
+	}
+	for _, in := range infos {
+		if _, err := s.session(ctx, in.ID); err != nil && ctx.Err() == nil &&
+			!errors.Is(err, eventlog.ErrStreamDeleted) && !errors.Is(err, eventlog.ErrClosed) {
+			s.lg.Error("resume session", "session", in.ID, "err", err)
+		}
+	}
+}
+
+// Shutdown stops the server gracefully. It drains first: sends and session
+// creation answer 503 and /healthz "draining", no queued message starts,
+// and running replies get up to Config.Drain (or until ctx ends) to finish,
+// while their clients keep streaming. Replies still running then are
+// canceled without an outcome; they and the queued messages stay in the
+// log for the next start. Then SSE streams end (clients resume by cursor
+// from the next server), in-flight requests finish, and the log is closed.
+// It is idempotent.
 //
 // Errors: ctx.Err() if ctx ends before requests finish (connections are then
 // closed), or the log's Close error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
+		s.mu.Lock() // startWorker checks it under s.mu: no worker starts past here
+		s.draining.Store(true)
+		s.mu.Unlock()
+		s.drain(ctx)
 		s.endStreams()
 		s.mu.Lock()
 		hs := s.hs
@@ -227,18 +298,46 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopped = true
 		s.mu.Unlock()
 		s.cancelBase()
+		s.workers.Wait()
 		s.wg.Wait()
 		if err := s.log.Close(); err != nil {
 			errs = append(errs, err)
+		}
+		if s.sh != nil {
+			s.sh.pool.Close()
 		}
 		s.shutdownErr = errors.Join(errs...)
 	})
 	return s.shutdownErr
 }
 
+// drain waits up to Config.Drain (and no longer than ctx) for the running
+// replies to finish, then cancels the rest.
+func (s *Server) drain(ctx context.Context) {
+	idle := make(chan struct{})
+	go func() {
+		s.workers.Wait()
+		close(idle)
+	}()
+	if s.cfg.Drain > 0 {
+		s.lg.Info("draining", "for", s.cfg.Drain)
+		t := time.NewTimer(s.cfg.Drain)
+		defer t.Stop()
+		select {
+		case <-idle:
+			return
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	s.cancelBase()
+	<-idle
+}
+
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	m.HandleFunc("GET /{$}", s.handleIndex)
+	m.HandleFunc("GET /healthz", s.handleHealth)
 	m.HandleFunc("POST /sessions", s.handleCreate)
 	m.HandleFunc("GET /sessions/{id}", s.withSession(s.handleInfo))
 	m.HandleFunc("GET /sessions/{id}/events", s.withSession(s.handleEvents))
@@ -257,6 +356,31 @@ func (s *Server) routes() {
 type errorBody struct {
 	Error string `json:"error"`
 	State string `json:"state,omitempty"`
+	// ID is the cursor of the original message of a send retried with a
+	// known idempotency key (409, 422).
+	ID string `json:"id,omitempty"`
+}
+
+// unavailable answers 503 while the server drains or shuts down: the
+// client retries, in order, against the next server.
+func (s *Server) unavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, "server shutting down")
+}
+
+// HealthResponse is the body of GET /healthz.
+type HealthResponse struct {
+	// Status is "ok", or "draining" (answered with 503) once Shutdown has
+	// begun: a load balancer stops sending new requests here.
+	Status string `json:"status"`
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, HealthResponse{Status: "draining"})
+		return
+	}
+	writeJSON(w, http.StatusOK, HealthResponse{Status: "ok"})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

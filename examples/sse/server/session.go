@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,9 +23,22 @@ const (
 	TypeDelta       = "delta"
 	TypeDone        = "done"
 	TypeInterrupted = "interrupted"
-	TypeError       = "error"
-	TypeState       = "state"
+	// TypeFailed is the outcome of a reply that failed (an agent error or
+	// panic, or a message not answered because the session was stopped).
+	// It is not named "error": that name is EventSource's own error event,
+	// and a page listening for it would take every failure for a dropped
+	// connection.
+	TypeFailed = "failed"
+	// TypeRestarted says the reply to ReplyTo was cut mid-way by a crash
+	// or a deploy and is being run again from the start: a client drops the
+	// partial reply it shows and appends the deltas that follow.
+	TypeRestarted = "restarted"
+	TypeState     = "state"
 )
+
+// typeLegacyError is what TypeFailed was called before: logs written by
+// older versions still hold it, and it is read as TypeFailed.
+const typeLegacyError = "error"
 
 // Payloads of stored events (the SSE data field, and history entries).
 type (
@@ -33,12 +47,14 @@ type (
 		Key  string `json:"key"`
 		Text string `json:"text"`
 	}
-	// ReplyEvent is a delta, done, interrupted or error event of the reply
-	// to the message with key ReplyTo.
+	// ReplyEvent is a delta, done, interrupted, failed or restarted event
+	// of the reply to the message with key ReplyTo.
 	ReplyEvent struct {
 		ReplyTo string `json:"reply_to,omitempty"`
 		Text    string `json:"text,omitempty"`
 		Error   string `json:"error,omitempty"`
+		// Reason says why a reply was restarted.
+		Reason string `json:"reason,omitempty"`
 	}
 	// StateEvent announces a session state: created, active, error,
 	// detached or ended.
@@ -59,16 +75,40 @@ var (
 	errStopped     = errors.New("session stopped")
 )
 
+// accepted is what the server knows of one accepted message: where its user
+// event is, a digest of its text (a key reused with other text is refused),
+// and whether its reply has an outcome.
+type accepted struct {
+	seq      uint64
+	sum      [sha256.Size]byte
+	answered bool
+}
+
+// queued is a message waiting for the agent. Restart is set for a message
+// whose reply was cut mid-way (by a crash or the end of a drain): a
+// restarted event goes first, so no client takes the partial reply and the
+// new one for one reply.
+type queued struct {
+	UserEvent
+	restart bool
+}
+
 // session is the in-memory side of one stream: the idempotency index and
-// the agent work queue. The stream itself (events, state) is in the log.
+// the agent work queue. Both are derived from the stream, which is the
+// truth: an accepted message is a user event in the log before its 202, and
+// its place in the queue is its place in the stream, so a restarted server
+// rebuilds the queue from the log and runs it in order.
 type session struct {
 	id string
 
 	mu         chanMutex
-	keys       map[string]uint64 // idempotency key -> seq of the user event
-	queue      []UserEvent       // accepted, waiting for the agent
-	running    bool              // a worker goroutine is active
-	workerDone chan struct{}     // closed when the running worker exits
+	keys       map[string]*accepted // idempotency key -> its message
+	started    map[string]bool      // a delta of the reply was stored since its last (re)start
+	unanswered int                  // accepted messages with no outcome yet (queued or running)
+	indexed    uint64               // the last seq applied to keys and started
+	queue      []queued             // accepted, waiting for the agent
+	running    bool                 // a worker goroutine is active
+	workerDone chan struct{}        // closed when the running worker exits
 	cancel     context.CancelCauseFunc
 	stopping   bool
 	clients    int       // SSE streams attached
@@ -116,8 +156,13 @@ func stateName(st eventlog.State) string {
 	return st.String()
 }
 
+func newSession(id string) *session {
+	return &session{id: id, mu: newChanMutex(), keys: make(map[string]*accepted), started: make(map[string]bool), lastActive: time.Now()}
+}
+
 // session returns the loaded session id, loading it from the log (after a
-// restart) if needed.
+// restart) if needed. Loading resumes the session's queue: the accepted
+// messages that have no outcome yet run again, in order.
 //
 // Errors: eventlog.ErrUnknownStream, eventlog.ErrClosed, or a read error.
 func (s *Server) session(ctx context.Context, id string) (*session, error) {
@@ -131,7 +176,7 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess = &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
+	sess = newSession(id)
 	open, err := s.rebuild(ctx, sess)
 	if err != nil {
 		return nil, err
@@ -149,24 +194,24 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 		s.forget(id)
 		return nil, err
 	}
-	// Replies cut short by a crash or restart are closed with an error
-	// event, so every message in a transcript has an outcome.
-	if st != eventlog.Ended {
-		for _, key := range open {
-			s.append(sess, TypeError, ReplyEvent{ReplyTo: key, Error: "reply lost: the server restarted"})
-		}
+	if st != eventlog.Ended && len(open) > 0 && s.runCtx() != nil {
+		sess.mu.Lock()
+		sess.queue = append(open, sess.queue...)
+		s.startWorker(sess)
+		sess.mu.Unlock()
+		s.lg.Info("session queue resumed", "session", id, "messages", len(open), "restarted", open[0].restart)
 	}
 	return sess, nil
 }
 
 // rebuild reads a session's stream to rebuild its idempotency index (so a
-// send retried across a restart still executes once) and returns the keys
-// of messages whose reply never finished.
-func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
+// send retried across a restart still executes once) and returns its
+// queue: the messages with no outcome yet, in stream order, the first of
+// them marked for a restart if its reply was cut mid-way.
+func (s *Server) rebuild(ctx context.Context, sess *session) ([]queued, error) {
 	var (
-		buf    []eventlog.Event
-		open   []string
-		isOpen = map[string]bool{}
+		buf   []eventlog.Event
+		order []UserEvent
 	)
 	// Older history may have been dropped by retention: keys of those
 	// messages are forgotten (the dedup window is the retention). Start at
@@ -196,31 +241,61 @@ func (s *Server) rebuild(ctx context.Context, sess *session) ([]string, error) {
 			break
 		}
 		for _, ev := range evs {
-			switch ev.Type {
-			case TypeUser:
-				var u UserEvent
-				if json.Unmarshal(ev.Data, &u) == nil && u.Key != "" {
-					sess.keys[u.Key] = ev.Seq
-					open = append(open, u.Key)
-					isOpen[u.Key] = true
-				}
-			case TypeDone, TypeInterrupted, TypeError:
-				var re ReplyEvent
-				if json.Unmarshal(ev.Data, &re) == nil && re.ReplyTo != "" {
-					isOpen[re.ReplyTo] = false
-				}
+			if u, ok := sess.replay(ev, sess.started); ok {
+				order = append(order, u)
 			}
 		}
 		after = evs[len(evs)-1].Seq
 		buf = evs
 	}
-	var still []string
-	for _, k := range open {
-		if isOpen[k] {
-			still = append(still, k)
+	sess.indexed = after
+	var open []queued
+	for _, u := range order {
+		if !sess.keys[u.Key].answered {
+			open = append(open, queued{UserEvent: u, restart: sess.started[u.Key]})
 		}
 	}
-	return still, nil
+	return open, nil
+}
+
+// replay applies one stored event to the idempotency index; it returns the
+// message of a user event seen for the first time.
+func (sess *session) replay(ev eventlog.Event, started map[string]bool) (UserEvent, bool) {
+	if ev.Type == TypeUser {
+		var u UserEvent
+		if json.Unmarshal(ev.Data, &u) != nil || u.Key == "" || sess.keys[u.Key] != nil {
+			return UserEvent{}, false
+		}
+		sess.accept(u, ev.Seq)
+		return u, true
+	}
+	var re ReplyEvent
+	if json.Unmarshal(ev.Data, &re) != nil || re.ReplyTo == "" {
+		return UserEvent{}, false
+	}
+	switch ev.Type {
+	case TypeDelta:
+		started[re.ReplyTo] = true
+	case TypeRestarted:
+		started[re.ReplyTo] = false
+	case TypeDone, TypeInterrupted, TypeFailed, typeLegacyError:
+		sess.answer(re.ReplyTo)
+	}
+	return UserEvent{}, false
+}
+
+// accept records message u, stored at seq, in the idempotency index.
+func (sess *session) accept(u UserEvent, seq uint64) {
+	sess.keys[u.Key] = &accepted{seq: seq, sum: sha256.Sum256([]byte(u.Text))}
+	sess.unanswered++
+}
+
+// answer records that the message with key has an outcome.
+func (sess *session) answer(key string) {
+	if a := sess.keys[key]; a != nil && !a.answered {
+		a.answered = true
+		sess.unanswered--
+	}
 }
 
 // append stores one event; its error is logged and returned.
@@ -275,11 +350,15 @@ func (s *Server) info(ctx context.Context, id string) (sessionInfo, error) {
 }
 
 func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		s.unavailable(w)
+		return
+	}
 	var id string
 	var sess *session
 	for try := 0; ; try++ {
 		id = newSessionID()
-		sess = &session{id: id, mu: newChanMutex(), keys: make(map[string]uint64), lastActive: time.Now()}
+		sess = newSession(id)
 		err := s.setState(sess, eventlog.Created, "")
 		if err == nil {
 			break
@@ -331,42 +410,81 @@ type SendRequest struct {
 	IdempotencyKey string `json:"idempotency_key"`
 }
 
-// SendResponse answers a send: Status is "accepted" (202) or "duplicate"
-// (200, the key was seen before and nothing was executed again); ID is the
-// cursor of the stored user event.
+// SendResponse answers a send: Status is "accepted" (202) and ID is the
+// cursor of the stored user event. A retry of a send whose reply has an
+// outcome gets the same answer again, with the header Idempotency-Replayed:
+// true, and nothing is stored or executed again.
 type SendResponse struct {
 	Status string `json:"status"`
 	ID     string `json:"id"`
 }
 
-func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *session) {
-	var req SendRequest
-	if !s.decodeBody(w, r, &req) {
-		return
+// sendKey returns the request's idempotency key: the Idempotency-Key header
+// (the IETF draft's) or the body's idempotency_key; it answers 400 and
+// returns false when both are set and differ.
+func sendKey(w http.ResponseWriter, r *http.Request, req *SendRequest) bool {
+	hk := r.Header.Get("Idempotency-Key")
+	if hk == "" {
+		return true
 	}
+	if req.IdempotencyKey != "" && req.IdempotencyKey != hk {
+		writeError(w, http.StatusBadRequest, "the Idempotency-Key header and idempotency_key differ")
+		return false
+	}
+	req.IdempotencyKey = hk
+	return true
+}
+
+func validSend(w http.ResponseWriter, req SendRequest) bool {
 	switch {
 	case req.IdempotencyKey == "":
 		writeError(w, http.StatusBadRequest, "idempotency_key is required")
-		return
 	case len(req.IdempotencyKey) > MaxKeyBytes:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("idempotency_key longer than %d bytes", MaxKeyBytes))
-		return
 	case strings.TrimSpace(req.Text) == "":
 		writeError(w, http.StatusBadRequest, "text is empty")
-		return
 	case len(req.Text) > MaxTextBytes:
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("text longer than %d bytes", MaxTextBytes))
-		return
 	case !utf8.ValidString(req.Text):
 		writeError(w, http.StatusBadRequest, "text is not valid UTF-8")
+	default:
+		return true
+	}
+	return false
+}
+
+func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.draining.Load() {
+		s.unavailable(w)
 		return
 	}
+	var req SendRequest
+	if !s.decodeBody(w, r, &req) || !sendKey(w, r, &req) || !validSend(w, req) {
+		return
+	}
+	// With replicas, the session's lock across them is held from the key
+	// check to the append, and the index is first brought up to date with
+	// what the others accepted.
+	unlock, err := s.sharedLock(r.Context(), sess.id)
+	if err != nil {
+		if r.Context().Err() == nil {
+			s.internalError(w, "send", sess.id, err)
+		}
+		return
+	}
+	defer unlock()
 	if err := sess.mu.LockCtx(r.Context()); err != nil {
 		return // the client left
 	}
 	defer sess.mu.Unlock()
-	if seq, ok := sess.keys[req.IdempotencyKey]; ok {
-		writeJSON(w, http.StatusOK, SendResponse{Status: "duplicate", ID: s.cursor(r.Context(), seq).String()})
+	if s.sh != nil {
+		if err := s.refresh(r.Context(), sess); err != nil {
+			s.internalError(w, "send", sess.id, err)
+			return
+		}
+	}
+	if a := sess.keys[req.IdempotencyKey]; a != nil {
+		s.answerRetry(w, r, a, req.Text)
 		return
 	}
 	st, err := s.log.State(r.Context(), sess.id)
@@ -378,8 +496,8 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		writeJSON(w, http.StatusConflict, errorBody{Error: "session ended", State: "ended"})
 		return
 	}
-	if len(sess.queue) >= s.cfg.MaxPending {
-		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d messages already wait for the agent", len(sess.queue)))
+	if sess.unanswered >= s.cfg.MaxPending {
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("%d messages already wait for the agent", sess.unanswered))
 		return
 	}
 	if st != eventlog.Active {
@@ -388,18 +506,52 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 			return
 		}
 	}
+	// The user event is the message's durable acceptance and its place in
+	// the queue: once it is stored, a restarted server runs it.
 	msg := UserEvent{Key: req.IdempotencyKey, Text: req.Text}
 	c, err := s.append(sess, TypeUser, msg)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
 		return
 	}
-	sess.keys[msg.Key] = c.Seq
-	sess.queue = append(sess.queue, msg)
+	if s.sh != nil {
+		// The queue takes messages in stream order, whichever replica
+		// accepted them: through the index.
+		if err := s.refresh(r.Context(), sess); err != nil {
+			s.lg.Warn("send: refresh after the append", "session", sess.id, "err", err)
+		}
+	}
+	if sess.keys[msg.Key] == nil {
+		sess.accept(msg, c.Seq)
+		sess.queue = append(sess.queue, queued{UserEvent: msg})
+	}
 	sess.lastActive = time.Now()
 	s.startWorker(sess)
 	writeJSON(w, http.StatusAccepted, SendResponse{Status: "accepted", ID: c.String()})
 }
+
+// answerRetry answers a send whose key was accepted before, as the IETF
+// Idempotency-Key draft says: 422 if the text differs (the key was reused
+// for another message), 409 while the original's reply has no outcome yet
+// (it is queued or running: the client should treat it as accepted and
+// follow the stream), else the original answer, marked as replayed.
+// Called with sess.mu held.
+func (s *Server) answerRetry(w http.ResponseWriter, r *http.Request, a *accepted, text string) {
+	id := s.cursor(r.Context(), a.seq).String()
+	switch {
+	case a.sum != sha256.Sum256([]byte(text)):
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "idempotency key already used for another message", ID: id})
+	case !a.answered:
+		writeJSON(w, http.StatusConflict, errorBody{Error: "a send with this idempotency key is in progress", State: StateInProgress, ID: id})
+	default:
+		w.Header().Set("Idempotency-Replayed", "true")
+		writeJSON(w, http.StatusAccepted, SendResponse{Status: "accepted", ID: id})
+	}
+}
+
+// StateInProgress is the state of a 409 answer to a send retried while the
+// original is queued or running.
+const StateInProgress = "in-progress"
 
 // startWorker starts the session's agent worker unless it runs. Called
 // with sess.mu held.
@@ -407,32 +559,34 @@ func (s *Server) startWorker(sess *session) {
 	if sess.running {
 		return
 	}
+	ctx := s.runCtx()
+	if ctx == nil || ctx.Err() != nil {
+		return // a follower replica: the leader runs the queues
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped {
-		return // the accepted messages get "reply lost" after the restart
+	if s.stopped || s.draining.Load() {
+		return // a draining server leaves the queue for the next start
 	}
 	sess.running = true
 	done := make(chan struct{})
 	sess.workerDone = done
-	s.wg.Go(func() {
+	s.workers.Go(func() {
 		defer close(done)
-		s.work(sess)
+		s.work(ctx, sess)
 	})
 }
 
 // work runs the agent on the session's queued messages, one at a time, in
-// order.
-func (s *Server) work(sess *session) {
+// order. On shutdown it stops between messages and leaves the rest
+// queued in the log: the next start runs them.
+func (s *Server) work(runCtx context.Context, sess *session) {
 	for {
 		sess.mu.Lock()
-		if len(sess.queue) == 0 || sess.stopping || s.baseCtx.Err() != nil {
-			for _, m := range sess.queue {
-				// Shutdown with messages still waiting: they were stored,
-				// so tell the client they were not answered.
-				s.append(sess, TypeError, ReplyEvent{ReplyTo: m.Key, Error: "not answered: server shutting down"})
-			}
-			sess.queue = nil
+		for len(sess.queue) > 0 && sess.keys[sess.queue[0].Key] != nil && sess.keys[sess.queue[0].Key].answered {
+			sess.queue = sess.queue[1:] // answered since it was queued (by another leader)
+		}
+		if len(sess.queue) == 0 || sess.stopping || s.draining.Load() || runCtx.Err() != nil {
 			sess.running = false
 			sess.cancel = nil
 			sess.lastActive = time.Now()
@@ -441,11 +595,17 @@ func (s *Server) work(sess *session) {
 		}
 		msg := sess.queue[0]
 		sess.queue = sess.queue[1:]
-		ctx, cancel := context.WithCancelCause(s.baseCtx)
+		msg.restart = msg.restart || sess.started[msg.Key]
+		ctx, cancel := context.WithCancelCause(runCtx)
 		sess.cancel = cancel
 		sess.mu.Unlock()
 
-		final := s.execute(ctx, sess, msg)
+		if msg.restart {
+			// The half reply a client may have seen is void: say so before
+			// the new one starts.
+			s.append(sess, TypeRestarted, ReplyEvent{ReplyTo: msg.Key, Reason: "the reply was cut short by a server restart; running it again"})
+		}
+		final := s.execute(ctx, sess, msg.UserEvent)
 		cancel(nil)
 
 		// The reply's final event is stored with the bookkeeping done, so a
@@ -459,6 +619,7 @@ func (s *Server) work(sess *session) {
 		}
 		if final != nil {
 			final()
+			sess.answer(msg.Key)
 		}
 		sess.mu.Unlock()
 		if last {
@@ -491,9 +652,10 @@ func (s *Server) execute(ctx context.Context, sess *session, msg UserEvent) (fin
 		// Stop waits for this event before it ends the stream.
 		return func() { s.append(sess, TypeInterrupted, ReplyEvent{ReplyTo: msg.Key}) }
 	case ctx.Err() != nil:
-		return func() {
-			s.append(sess, TypeError, ReplyEvent{ReplyTo: msg.Key, Error: "reply cut short: server shutting down"})
-		}
+		// Shut down past the drain: no outcome is stored, so the message
+		// is still queued in the log and the next start restarts it.
+		s.lg.Info("reply cut short by shutdown; it restarts on the next start", "session", sess.id, "key", msg.Key)
+		return nil
 	case errors.Is(err, eventlog.ErrStreamEnded), errors.Is(err, eventlog.ErrClosed):
 		return nil
 	default:
@@ -506,7 +668,7 @@ func (s *Server) execute(ctx context.Context, sess *session, msg UserEvent) (fin
 // agent).
 func (s *Server) agentFailed(sess *session, msg UserEvent, err error) {
 	s.lg.Warn("agent failed", "session", sess.id, "key", msg.Key, "err", err)
-	s.append(sess, TypeError, ReplyEvent{ReplyTo: msg.Key, Error: err.Error()})
+	s.append(sess, TypeFailed, ReplyEvent{ReplyTo: msg.Key, Error: err.Error()})
 	if serr := s.setState(sess, eventlog.Suspended, err.Error()); serr != nil && !errors.Is(serr, eventlog.ErrStreamEnded) && !errors.Is(serr, eventlog.ErrClosed) {
 		s.lg.Error("set error state", "session", sess.id, "err", serr)
 	}
@@ -535,6 +697,9 @@ type ControlResponse struct {
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	resp, err := s.stop(r.Context(), sess)
 	switch {
 	case r.Context().Err() != nil:
@@ -582,7 +747,11 @@ func (s *Server) stop(ctx context.Context, sess *session) (ControlResponse, erro
 		}
 	}
 	for _, m := range waiting {
-		s.append(sess, TypeError, ReplyEvent{ReplyTo: m.Key, Error: "not answered: session stopped"})
+		if _, err := s.append(sess, TypeFailed, ReplyEvent{ReplyTo: m.Key, Error: "not answered: session stopped"}); err == nil {
+			sess.mu.Lock()
+			sess.answer(m.Key)
+			sess.mu.Unlock()
+		}
 	}
 	if err := s.setState(sess, eventlog.Ended, "stopped"); err != nil && !errors.Is(err, eventlog.ErrStreamEnded) {
 		return ControlResponse{}, err
@@ -608,6 +777,9 @@ type DeleteResponse struct {
 // events are freed, its clients get an end event, and later requests for it
 // get 410 Gone. The id is never reused (see eventlog.Log.Delete).
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	resp, err := s.stop(r.Context(), sess)
 	if r.Context().Err() != nil {
 		return
@@ -643,6 +815,9 @@ func (s *Server) forget(id string) {
 }
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, sess *session) {
+	if s.forwardToLeader(w, r) {
+		return
+	}
 	if err := sess.mu.LockCtx(r.Context()); err != nil {
 		return
 	}
@@ -765,12 +940,12 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request, sess *ses
 }
 
 // syncLoop runs the periodic session sync round until Shutdown.
-func (s *Server) syncLoop() {
-	err := s.log.SyncEvery(s.baseCtx, s.cfg.SyncInterval, s.allIDs, s.syncSession, func(r eventlog.SyncReport) {
+func (s *Server) syncLoop(ctx context.Context) {
+	err := s.log.SyncEvery(ctx, s.cfg.SyncInterval, s.allIDs, s.syncSession, func(r eventlog.SyncReport) {
 		s.syncReport(r)
-		s.expireEnded(s.baseCtx)
+		s.expireEnded(ctx)
 	})
-	if err != nil && s.baseCtx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, eventlog.ErrClosed) {
 		s.lg.Error("sync loop stopped", "err", err)
 	}
 }

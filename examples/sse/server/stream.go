@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/steadfast-go/steadfast/eventlog"
@@ -57,9 +58,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, sess *sess
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	// Shutdown ends streams before it drains requests.
-	stopOnClose := context.AfterFunc(s.closing, cancel)
-	defer stopOnClose()
 
 	opts := eventlog.SubscribeOptions{GapCap: s.cfg.GapCap, MaxLag: s.cfg.MaxLag}
 	sub, err := s.log.Subscribe(ctx, sess.id, from, opts)
@@ -110,6 +108,17 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, sess *sess
 	if err := st.flush(); err != nil {
 		return
 	}
+	// Shutdown ends streams (after its drain) before it waits for
+	// requests: a stream first writes what was appended up to then (the
+	// end of a drained reply), for at most closeGrace.
+	stopOnClose := context.AfterFunc(s.closing, func() {
+		if s.caughtUp(sess.id, st.lastSeq.Load()) {
+			cancel()
+			return
+		}
+		time.AfterFunc(closeGrace, cancel)
+	})
+	defer stopOnClose()
 
 	for {
 		hbCtx, hbCancel := context.WithTimeout(ctx, s.cfg.Heartbeat)
@@ -179,7 +188,21 @@ func (s *Server) pump(ctx, hbCtx context.Context, sess *session, sub *eventlog.S
 		if err := st.flush(); err != nil {
 			return errWrite
 		}
+		if s.closing.Err() != nil && s.caughtUp(sess.id, st.lastSeq.Load()) {
+			return nil // shutting down, and this client has everything
+		}
 	}
+}
+
+// closeGrace bounds how long a stream may take at shutdown to write the
+// events appended before it.
+const closeGrace = 2 * time.Second
+
+// caughtUp reports whether a stream that wrote up to seq has every event of
+// session id (or the log cannot tell any more).
+func (s *Server) caughtUp(id string, seq uint64) bool {
+	h, err := s.log.Head(context.Background(), id)
+	return err != nil || seq >= h.Seq
 }
 
 // historyURL is where a client fetches what a gap or reset skipped: the
@@ -198,6 +221,7 @@ type sseWriter struct {
 	epoch   string
 	buf     []byte
 	id      []byte
+	lastSeq atomic.Uint64 // the seq of the last stored event (or gap/reset head) written
 }
 
 // event appends a stored event with id "<epoch>:<seq>".
@@ -205,6 +229,7 @@ func (st *sseWriter) event(ev eventlog.Event) {
 	st.id = append(st.id[:0], st.epoch...)
 	st.id = append(st.id, ':')
 	st.id = strconv.AppendUint(st.id, ev.Seq, 10)
+	st.lastSeq.Store(ev.Seq)
 	// Stored types and epochs never contain line breaks, so this cannot fail.
 	st.buf, _ = wire.AppendFrame(st.buf, st.id, ev.Type, ev.Data)
 }
@@ -215,6 +240,7 @@ func (st *sseWriter) control(typ string, id eventlog.Cursor, payload any) {
 	ids := ""
 	if !id.IsZero() {
 		ids = id.String()
+		st.lastSeq.Store(id.Seq)
 	}
 	st.buf, _ = wire.AppendFrame(st.buf, ids, typ, mustJSON(payload))
 }
