@@ -23,7 +23,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -605,14 +604,6 @@ func (p *Proxy) reportFailure(i int, err error) {
 }
 
 // isConnError reports whether err means the upstream could not be reached
-// or dropped the connection (as opposed to answering with an error).
-func isConnError(err error) bool {
-	if err == nil {
-		return false
-	}
-	var ne net.Error
-	var oe *net.OpError
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.As(err, &oe) || errors.As(err, &ne)
-}
+// or dropped the connection (as opposed to answering with an error): the
+// library's one transport-failure rule, internal/neterr.
+func isConnError(err error) bool { return neterr.IsTransport(err) }
