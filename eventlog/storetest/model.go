@@ -196,6 +196,13 @@ func (m *logModel) replay(t *rapid.T) {
 	if err != nil {
 		t.Fatalf("Replay(%v): %v", from, err)
 	}
+	m.checkReplay(t, s, from, gapCap, res)
+}
+
+// checkReplay checks a successful Replay of s from a cursor of this epoch.
+func (m *logModel) checkReplay(t *rapid.T, s *modelStream, from eventlog.Cursor, gapCap int, res eventlog.Result) {
+	head := uint64(len(s.data))
+	headC := modelAt(t, m.log, head)
 	if res.Head != headC || res.Resume != headC {
 		if !(res.Outcome == eventlog.Events && res.Resume.Seq == from.Seq+uint64(len(res.Events))) {
 			t.Fatalf("Replay(%v) head/resume = %v/%v, head is %v", from, res.Head, res.Resume, headC)
