@@ -124,14 +124,16 @@ type Queue[T, R any] struct {
 	seq       uint64
 	nDropped  uint64
 
-	// obs mirrors connected, buf.Len(), bytes and nDropped. It is written
-	// under mu (publishLocked) and read lock-free by Len, Connected and
-	// Stats, so they answer while a send is blocked on a slow connection.
+	// obs mirrors buf.Len() and connected (packed as len<<1 | connected),
+	// bytes and nDropped. It is written under mu (publishLocked) and read
+	// lock-free by Len, Connected and Stats, so they answer while a send is
+	// blocked on a slow connection. An atomic store costs more than the
+	// rest of a buffered Send, so a field is stored only when it changed,
+	// and Connect's flush publishes once before and once after.
 	obs struct {
-		connected atomic.Bool
-		buffered  atomic.Int64
-		bytes     atomic.Int64
-		dropped   atomic.Uint64
+		state   atomic.Uint64
+		bytes   atomic.Int64
+		dropped atomic.Uint64
 	}
 
 	// setMu protects replays and setErr. It is never held during a
@@ -206,12 +208,12 @@ func (q *Queue[T, R]) Generation() uint64 { return q.gen.Load() }
 
 // Connected reports whether the queue currently has a connection. It
 // never waits for a send in progress.
-func (q *Queue[T, R]) Connected() bool { return q.obs.connected.Load() }
+func (q *Queue[T, R]) Connected() bool { return q.obs.state.Load()&1 == 1 }
 
 // Len returns the number of buffered items. It never waits for a send in
-// progress; an item that Connect is flushing counts as buffered until its
-// send call has returned.
-func (q *Queue[T, R]) Len() int { return int(q.obs.buffered.Load()) }
+// progress. While Connect is flushing the buffer, Len (and Stats) report it
+// as it was when the flush began.
+func (q *Queue[T, R]) Len() int { return int(q.obs.state.Load() >> 1) }
 
 // Stats returns the queue's counters. It never waits for a send in
 // progress, so a metrics scrape cannot stall behind a slow connection. Each
@@ -219,7 +221,7 @@ func (q *Queue[T, R]) Len() int { return int(q.obs.buffered.Load()) }
 // fields may come from instants a few operations apart.
 func (q *Queue[T, R]) Stats() Stats {
 	s := Stats{
-		Buffered:   int(q.obs.buffered.Load()),
+		Buffered:   q.Len(),
 		Bytes:      int(q.obs.bytes.Load()),
 		Dropped:    q.obs.dropped.Load(),
 		Generation: q.gen.Load(),
@@ -264,7 +266,7 @@ func (q *Queue[T, R]) Send(ctx context.Context, item T) error {
 	if !q.closed && q.size == nil && q.buf.Len() < q.limitItems() {
 		// Fast path for buffering without a byte bound.
 		q.buf.PushBack(entry[T]{item: item})
-		q.obs.buffered.Store(int64(q.buf.Len()))
+		q.obs.state.Store(uint64(q.buf.Len()) << 1) // disconnected
 		q.mu.Unlock()
 		return nil
 	}
@@ -381,10 +383,19 @@ func (q *Queue[T, R]) reportDropped(items []T, reason error) {
 // publishLocked copies the observable state to q.obs; q.mu is held. It is
 // called after every change of that state and before every send call.
 func (q *Queue[T, R]) publishLocked() {
-	q.obs.connected.Store(q.connected)
-	q.obs.buffered.Store(int64(q.buf.Len()))
-	q.obs.bytes.Store(int64(q.bytes))
-	q.obs.dropped.Store(q.nDropped)
+	st := uint64(q.buf.Len()) << 1
+	if q.connected {
+		st |= 1
+	}
+	if q.obs.state.Load() != st {
+		q.obs.state.Store(st)
+	}
+	if q.obs.bytes.Load() != int64(q.bytes) {
+		q.obs.bytes.Store(int64(q.bytes))
+	}
+	if q.obs.dropped.Load() != q.nDropped {
+		q.obs.dropped.Store(q.nDropped)
+	}
 }
 
 // fits reports whether an item of size n fits in the buffer now.
@@ -485,7 +496,8 @@ func (q *Queue[T, R]) replayLocked(gen uint64, send func(T) error) error {
 }
 
 // flushLocked sends the buffer oldest first; q.mu is held. An item leaves
-// the buffer only once its send has succeeded.
+// the buffer only once its send has succeeded. The observers' mirror is
+// not updated per item (see Len); Connect publishes after the flush.
 func (q *Queue[T, R]) flushLocked(send func(T) error) error {
 	for q.buf.Len() > 0 {
 		if e := send(q.buf.At(0).item); e != nil {
@@ -493,7 +505,6 @@ func (q *Queue[T, R]) flushLocked(send func(T) error) error {
 		}
 		e := q.buf.PopFront()
 		q.bytes -= e.size
-		q.publishLocked()
 	}
 	return nil
 }
