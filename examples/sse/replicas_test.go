@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -187,4 +188,50 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 		t.Fatal("no reply was restarted: A was not killed mid-reply")
 	}
 	t.Logf("%d events, %d messages accepted on two replicas (%d before the kill), %d replies restarted after the kill", len(want), len(accepted), onA, restarts)
+}
+
+// Stop and interrupt act on the running reply, which the leader runs: sent
+// to a follower they are forwarded to the leader and answered as it
+// answers. A message sent to the follower runs on the leader.
+func TestBinaryReplicasFollowerForwardsControl(t *testing.T) {
+	db := testDatabase(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	args := []string{"-db", db, "-typing-delay", "20ms"}
+	a := startProc(t, addrA, args...)
+	waitLog(t, a, "this replica leads")
+	b := startProc(t, addrB, args...)
+	baseB := "http://" + addrB
+	hc := &http.Client{Timeout: 10 * time.Second}
+	id, err := client.CreateSession(t.Context(), hc, baseB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, evs := followSession(t, baseB, id)
+	if code, fresh := send(hc, baseB, id, "long", "/long"); !fresh {
+		t.Fatalf("send to the follower: %d", code)
+	}
+	evs.waitFor(t, "the reply (run by the leader)", func(e []client.Event) bool { return count(e, server.TypeDelta) >= 3 })
+	post := func(path string) (int, string) {
+		resp, err := hc.Post(baseB+"/sessions/"+id+"/"+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := post("interrupt"); code != 200 || !strings.Contains(body, `"interrupted":true`) {
+		t.Fatalf("interrupt via the follower: %d %s", code, body)
+	}
+	evs.waitFor(t, "interrupted", func(e []client.Event) bool { return count(e, server.TypeInterrupted) == 1 })
+	if code, body := post("stop"); code != 200 || !strings.Contains(body, `"state":"ended"`) {
+		t.Fatalf("stop via the follower: %d %s", code, body)
+	}
+	evs.waitFor(t, "the end", func(e []client.Event) bool { return count(e, "end") == 1 })
+	if code, _ := send(hc, baseB, id, "late", "after the stop"); code != http.StatusConflict {
+		t.Fatalf("send after the stop: %d, want 409", code)
+	}
+	if strings.Contains(b.log(), "this replica leads") {
+		t.Fatal("the follower took the leadership; the test did not forward")
+	}
 }

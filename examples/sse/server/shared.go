@@ -296,11 +296,15 @@ func (s *Server) refreshSession(id string) {
 	s.mu.Lock()
 	sess := s.sessions[id]
 	s.mu.Unlock()
-	ctx := s.runCtx()
-	if sess == nil {
-		if ctx != nil {
-			s.session(ctx, id) // the leader loads it: its queue resumes
+	if ctx := s.runCtx(); sess == nil && ctx != nil {
+		// The leader loads it (its queue resumes), then still refreshes: a
+		// load that raced with this one may have read less.
+		var err error
+		if sess, err = s.session(ctx, id); err != nil {
+			return
 		}
+	}
+	if sess == nil {
 		return
 	}
 	if err := sess.mu.LockCtx(s.baseCtx); err != nil {
