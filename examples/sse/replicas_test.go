@@ -158,9 +158,11 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 		return count(e, server.TypeDone) >= 2 && e[len(e)-1].Type == server.TypeDelta
 	})
 	onA := len(accepted)
+	killed := time.Now()
 	a.kill(t)
 	lb.point(t, "http://"+addrB)
 	waitLog(t, b, "this replica leads")
+	takeover := time.Since(killed)
 	// B took over what A had accepted and not answered.
 	waitLog(t, b, "session queue resumed")
 	for i := range 3 {
@@ -187,7 +189,8 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 	if restarts < 1 {
 		t.Fatal("no reply was restarted: A was not killed mid-reply")
 	}
-	t.Logf("%d events, %d messages accepted on two replicas (%d before the kill), %d replies restarted after the kill", len(want), len(accepted), onA, restarts)
+	t.Logf("%d events, %d messages accepted on two replicas (%d before the kill), %d replies restarted after the kill; B led %v after the kill",
+		len(want), len(accepted), onA, restarts, takeover.Round(time.Millisecond))
 }
 
 // Stop and interrupt act on the running reply, which the leader runs: sent
