@@ -487,6 +487,12 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.answerRetry(w, r, a, req.Text)
 		return
 	}
+	s.accept(w, r, sess, UserEvent{Key: req.IdempotencyKey, Text: req.Text})
+}
+
+// accept stores a new message and queues it, or answers why not. Called
+// with sess.mu (and with replicas, the session's shared lock) held.
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, sess *session, msg UserEvent) {
 	st, err := s.log.State(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
@@ -508,7 +514,6 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	// The user event is the message's durable acceptance and its place in
 	// the queue: once it is stored, a restarted server runs it.
-	msg := UserEvent{Key: req.IdempotencyKey, Text: req.Text}
 	c, err := s.append(sess, TypeUser, msg)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
