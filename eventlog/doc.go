@@ -2,16 +2,6 @@
 // replay and live tailing: the store-and-replay core of an SSE or WebSocket
 // server whose clients reconnect with a "last event id".
 //
-// # The incident
-//
-// An SSE chat server crashed (an unguarded interrupt() threw), losing its
-// in-memory state. Reconnecting clients' cursors were thousands of events
-// behind, and a 5-second polling sync replayed those events 50 at a time,
-// even for sessions that were suspended or detached: messages arrived eight
-// minutes late. One global sequence made "head - cursor" overcount every
-// session's gap, an unknown session id was silently skipped by the sync, and
-// nothing told a client that its cursor came from before the restart.
-//
 // # Guarantees
 //
 //   - Each stream has its own sequence, from 1; Append returns the seq it
@@ -64,4 +54,14 @@
 //		case eventlog.Lagged:        // close; the client resumes from res.Resume
 //		}
 //	}
+//
+// # The incident
+//
+// An SSE chat server crashed (an unguarded interrupt() threw), losing its
+// in-memory state. Reconnecting clients' cursors were thousands of events
+// behind, and a 5-second polling sync replayed those events 50 at a time,
+// even for sessions that were suspended or detached: messages arrived eight
+// minutes late. One global sequence made "head - cursor" overcount every
+// session's gap, an unknown session id was silently skipped by the sync, and
+// nothing told a client that its cursor came from before the restart.
 package eventlog

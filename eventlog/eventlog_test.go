@@ -483,3 +483,11 @@ func TestImpossibleArgumentsPanic(t *testing.T) {
 		}()
 	}
 }
+
+func TestSyncErrorIsAnError(t *testing.T) {
+	cause := errors.New("disk full")
+	var err error = eventlog.SyncError{Stream: "s1", Err: cause}
+	if !errors.Is(err, cause) || err.Error() != "eventlog: sync s1: disk full" {
+		t.Fatalf("SyncError: %v (Is cause: %v)", err, errors.Is(err, cause))
+	}
+}

@@ -5,8 +5,8 @@ import "fmt"
 // Defaults used when an option is not given.
 const (
 	// DefaultGapCap is the largest gap Replay fills by re-sending events; a
-	// cursor further behind head than this gets SkippedToHead (the origin's
-	// MAX_REPLAY_GAP).
+	// cursor further behind head than this gets SkippedToHead: the client
+	// is told how many events it missed instead of being flooded with them.
 	DefaultGapCap = 200
 	// DefaultMaxEvents is the per-stream count retention of the default
 	// in-memory store.

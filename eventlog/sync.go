@@ -18,6 +18,13 @@ type SyncError struct {
 	Err    error  // what went wrong; wraps the SyncFunc's or the store's error
 }
 
+// Error returns the stream id and the cause, so a SyncError can be returned
+// or logged as an error of its own.
+func (e SyncError) Error() string { return "eventlog: sync " + e.Stream + ": " + e.Err.Error() }
+
+// Unwrap returns e.Err, for errors.Is and errors.As.
+func (e SyncError) Unwrap() error { return e.Err }
+
 // SyncReport is the outcome of one sync round. Every stream passed to Sync
 // appears in exactly one of its lists: nothing is skipped silently. It is a
 // plain value owned by the caller; the zero SyncReport is an empty round.
@@ -68,7 +75,7 @@ func (l *Log) Sync(ctx context.Context, streams []string, fn SyncFunc) (SyncRepo
 			continue
 		}
 		if err := fn(ctx, id, st); err != nil {
-			rep.Failed = append(rep.Failed, SyncError{Stream: id, Err: fmt.Errorf("eventlog: sync %q: %w", id, err)})
+			rep.Failed = append(rep.Failed, SyncError{Stream: id, Err: err})
 			continue
 		}
 		rep.Synced = append(rep.Synced, id)

@@ -142,11 +142,14 @@ func (sm *lockMachine) Cancel(t *rapid.T) {
 	c := rapid.SampledFrom(waiting).Draw(t, "waiter")
 	c.cancel()
 	c.done = true
+	// The promise holds the moment cancel returns, before the waiter's
+	// goroutine has run: it is no longer counted anywhere.
+	sm.queue[c.key] = slices.DeleteFunc(sm.queue[c.key], func(o *client) bool { return o == c })
+	sm.canceled++
+	sm.Check(t)
 	if err := await(t, "canceled waiter", c.res); !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled waiter %d on %q returned %v", c.id, c.key, err)
 	}
-	sm.queue[c.key] = slices.DeleteFunc(sm.queue[c.key], func(o *client) bool { return o == c })
-	sm.canceled++
 }
 
 // UnlockFree must panic for a key the model says is free.

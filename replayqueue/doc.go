@@ -1,18 +1,6 @@
 // Package replayqueue is a reconnect-aware FIFO between producers and a
 // connection that comes and goes, with a replayed session state.
 //
-// # The incident
-//
-// An Ethereum JSON-RPC WebSocket proxy reconnected to a new upstream node
-// after the old one failed. Client messages sent during the 2-5 s reconnect
-// window were dropped. The first fix added a queue and an atomic
-// "reconnecting" flag, and raced: a sender read the flag as "reconnecting",
-// the flusher drained the queue and cleared the flag, and then the sender
-// appended its message to a queue nobody would flush again. Worse, the proxy
-// replayed each client's eth_subscribe on the new upstream with the
-// client's own JSON-RPC id; the replies reached the clients, which had
-// never sent those requests, and broke their JSON-RPC state machines.
-//
 // # Guarantees
 //
 //   - One mutex covers the connection state and the buffer, so a Send is
@@ -104,6 +92,18 @@
 // from the new upstream subscription id is installed before the reader
 // looks at the next frame (the first notification for that subscription).
 //
+// # The incident
+//
+// An Ethereum JSON-RPC WebSocket proxy reconnected to a new upstream node
+// after the old one failed. Client messages sent during the 2-5 s reconnect
+// window were dropped. The first fix added a queue and an atomic
+// "reconnecting" flag, and raced: a sender read the flag as "reconnecting",
+// the flusher drained the queue and cleared the flag, and then the sender
+// appended its message to a queue nobody would flush again. Worse, the proxy
+// replayed each client's eth_subscribe on the new upstream with the
+// client's own JSON-RPC id; the replies reached the clients, which had
+// never sent those requests, and broke their JSON-RPC state machines.
+//
 // # What it does not do
 //
 // An item that Send or Connect handed to a send function that returned nil
@@ -111,6 +111,7 @@
 // the queue does not re-send it: only the caller knows whether a request
 // is safe to repeat, so a proxy answers such in-flight requests itself (for
 // example with a JSON-RPC error) or re-sends the idempotent ones. The send
-// function runs under the queue's mutex; it must not panic or call back into
-// the Queue (other than HandleReply).
+// function runs under the queue's send lock; it must not panic, and it may
+// call back into the Queue only as [Queue.Connect] describes (HandleReply
+// and the observers, never Send or Connect).
 package replayqueue

@@ -95,6 +95,9 @@ type pending[R any] struct {
 // overtakes an earlier item sent by the same goroutine. One mutex covers
 // the connection state and the buffer, so there is no window in which a
 // producer can see "connected" and still land in a buffer nobody flushes.
+// The observers (Len, Connected, Stats, Generation) and the replay set do
+// not take that mutex, so they answer at once while a send is blocked on a
+// slow connection.
 //
 // Replies to replayed items are consumed by [Queue.HandleReply], which
 // never blocks on a send in progress.
@@ -106,17 +109,37 @@ type pending[R any] struct {
 type Queue[T, R any] struct {
 	// mu, connected and send come first so the hot path (Send while
 	// connected) touches a single cache line.
-	mu        sync.Mutex // protects the fields below, down to replyMu
+	//
+	// mu is held across calls of the send function, so it is the send
+	// lock too. Nothing an observer needs waits for it: Len, Connected and
+	// Stats read the obs mirror, and the replay set has a lock of its own.
+	mu        sync.Mutex // protects the fields below, down to setMu
 	connected bool
 	send      func(T) error // non-nil iff connected
 	closed    bool
 	closeErr  error // wraps ErrClosed and the cause; set iff closed
 	buf       ring.Buffer[entry[T]]
 	bytes     int
-	replays   []replayEntry[T, R] // registration order
-	room      chan struct{}       // closed and cleared when room may have appeared
+	room      chan struct{} // closed and cleared when room may have appeared
 	seq       uint64
 	nDropped  uint64
+
+	// obs mirrors connected, buf.Len(), bytes and nDropped. It is written
+	// under mu (publishLocked) and read lock-free by Len, Connected and
+	// Stats, so they answer while a send is blocked on a slow connection.
+	obs struct {
+		connected atomic.Bool
+		buffered  atomic.Int64
+		bytes     atomic.Int64
+		dropped   atomic.Uint64
+	}
+
+	// setMu protects replays and setErr. It is never held during a
+	// send, so a reply callback run from inside one may change the replay
+	// set. Lock order: mu before setMu.
+	setMu   sync.Mutex
+	replays []replayEntry[T, R] // registration order
+	setErr  error               // closeErr, once closed
 
 	// Immutable after New.
 	maxItems int
@@ -181,31 +204,29 @@ func (q *Queue[T, R]) replayTimeout() time.Duration {
 // connection is gone. Lock-free.
 func (q *Queue[T, R]) Generation() uint64 { return q.gen.Load() }
 
-// Connected reports whether the queue currently has a connection.
-func (q *Queue[T, R]) Connected() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.connected
-}
+// Connected reports whether the queue currently has a connection. It
+// never waits for a send in progress.
+func (q *Queue[T, R]) Connected() bool { return q.obs.connected.Load() }
 
-// Len returns the number of buffered items.
-func (q *Queue[T, R]) Len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.buf.Len()
-}
+// Len returns the number of buffered items. It never waits for a send in
+// progress; an item that Connect is flushing counts as buffered until its
+// send call has returned.
+func (q *Queue[T, R]) Len() int { return int(q.obs.buffered.Load()) }
 
-// Stats returns a snapshot of the queue's counters.
+// Stats returns the queue's counters. It never waits for a send in
+// progress, so a metrics scrape cannot stall behind a slow connection. Each
+// field is read atomically; while producers and a connection are active,
+// fields may come from instants a few operations apart.
 func (q *Queue[T, R]) Stats() Stats {
-	q.mu.Lock()
 	s := Stats{
-		Buffered:   q.buf.Len(),
-		Bytes:      q.bytes,
-		Replays:    len(q.replays),
-		Dropped:    q.nDropped,
+		Buffered:   int(q.obs.buffered.Load()),
+		Bytes:      int(q.obs.bytes.Load()),
+		Dropped:    q.obs.dropped.Load(),
 		Generation: q.gen.Load(),
 	}
-	q.mu.Unlock()
+	q.setMu.Lock()
+	s.Replays = len(q.replays)
+	q.setMu.Unlock()
 	q.replyMu.Lock()
 	s.Pending = len(q.pend)
 	s.StaleReplies = q.nStale
@@ -243,6 +264,7 @@ func (q *Queue[T, R]) Send(ctx context.Context, item T) error {
 	if !q.closed && q.size == nil && q.buf.Len() < q.limitItems() {
 		// Fast path for buffering without a byte bound.
 		q.buf.PushBack(entry[T]{item: item})
+		q.obs.buffered.Store(int64(q.buf.Len()))
 		q.mu.Unlock()
 		return nil
 	}
@@ -292,33 +314,52 @@ func (q *Queue[T, R]) bufferSlow(ctx context.Context, item T, fails []callback[R
 			break
 		}
 		if q.overflow == DropOldest {
-			for !q.fits(n) {
-				e := q.buf.PopFront()
-				q.bytes -= e.size
-				q.nDropped++
-				evicted = append(evicted, e.item)
-			}
+			evicted = q.evictLocked(n, evicted)
 			continue
 		}
-		// Block.
-		if q.room == nil {
-			q.room = make(chan struct{})
+		// Block: wait for room, then look again.
+		if err = q.waitRoom(ctx, fails); err != nil {
+			return err
 		}
-		room := q.room
-		q.mu.Unlock()
-		q.runFails(fails)
 		fails = nil
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		q.mu.Lock()
 	}
+	q.publishLocked()
 	q.mu.Unlock()
 	q.runFails(fails)
 	q.reportDropped(evicted, ErrEvicted)
 	return err
+}
+
+// evictLocked drops the oldest items until an item of size n fits and
+// appends them to evicted; q.mu is held.
+func (q *Queue[T, R]) evictLocked(n int, evicted []T) []T {
+	for !q.fits(n) {
+		e := q.buf.PopFront()
+		q.bytes -= e.size
+		q.nDropped++
+		evicted = append(evicted, e.item)
+	}
+	return evicted
+}
+
+// waitRoom releases q.mu, runs fails, and waits until room may have
+// appeared or ctx ends. It returns with q.mu held and nil, or with q.mu
+// released and ctx.Err().
+func (q *Queue[T, R]) waitRoom(ctx context.Context, fails []callback[R]) error {
+	if q.room == nil {
+		q.room = make(chan struct{})
+	}
+	room := q.room
+	q.publishLocked()
+	q.mu.Unlock()
+	q.runFails(fails)
+	select {
+	case <-room:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	q.mu.Lock()
+	return nil
 }
 
 // reportDropped hands items the queue dropped to the WithDropped callback
@@ -335,6 +376,15 @@ func (q *Queue[T, R]) reportDropped(items []T, reason error) {
 	for _, it := range items {
 		q.dropped(it, reason)
 	}
+}
+
+// publishLocked copies the observable state to q.obs; q.mu is held. It is
+// called after every change of that state and before every send call.
+func (q *Queue[T, R]) publishLocked() {
+	q.obs.connected.Store(q.connected)
+	q.obs.buffered.Store(int64(q.buf.Len()))
+	q.obs.bytes.Store(int64(q.bytes))
+	q.obs.dropped.Store(q.nDropped)
 }
 
 // fits reports whether an item of size n fits in the buffer now.
@@ -362,10 +412,13 @@ func (q *Queue[T, R]) wakeLocked() {
 // immediate reply is matched), then every buffered item oldest first.
 // Only then does Send pass items straight to send.
 //
-// send is called with the queue's mutex held, one call at a time, by
-// Connect and by Send; it must not call the Queue's methods (HandleReply is
-// the exception: it does not take that mutex). Replay build functions run
-// under the same rule.
+// send is called with the queue's send lock held, one call at a time, by
+// Connect and by Send. It must not call Send, Connect, Disconnect, Fail or
+// Close (they wait for that lock); every other method answers without it,
+// so send may call HandleReply (a transport that reads the reply inside its
+// write call), and a reply callback run from there may call Len,
+// Connected, Stats, Generation, AddReplay, RemoveReplay and ReplayKeys.
+// Replay build functions run under the same rule.
 //
 // If send fails during the replay or the flush, the connection is treated
 // as lost: items already flushed stay sent, the item that failed stays at
@@ -391,40 +444,58 @@ func (q *Queue[T, R]) Connect(send func(T) error) (gen uint64, err error) {
 		return 0, ErrConnected
 	}
 	gen = q.gen.Add(1)
-	for i := range q.replays {
-		r := &q.replays[i]
+	err = q.replayLocked(gen, send)
+	if err == nil {
+		err = q.flushLocked(send)
+	}
+	if err != nil {
+		q.gen.Add(1)
+		fails := q.failPending(ErrDisconnected, errors.Unwrap(err))
+		q.wakeLocked()
+		q.publishLocked()
+		q.mu.Unlock()
+		q.runFails(fails)
+		return gen, err
+	}
+	q.connected = true
+	q.send = send
+	q.wakeLocked()
+	q.publishLocked()
+	q.mu.Unlock()
+	return gen, nil
+}
+
+// replayLocked sends the replay set for connection gen; q.mu is held. The
+// set is copied first, so a reply callback run from inside send may change
+// it (the change applies from the next connection on).
+func (q *Queue[T, R]) replayLocked(gen uint64, send func(T) error) error {
+	q.setMu.Lock()
+	replays := slices.Clone(q.replays)
+	q.setMu.Unlock()
+	for _, r := range replays {
 		q.seq++
 		id := ReplayID{Gen: gen, Seq: q.seq}
 		item := r.build(id)
 		q.addPending(id, r.key, r.onReply)
 		if e := send(item); e != nil {
-			q.gen.Add(1)
-			fails := q.failPending(ErrDisconnected, e)
-			q.mu.Unlock()
-			q.runFails(fails)
-			return gen, fmt.Errorf("replayqueue: connect: replay %q: %w", r.key, e)
+			return fmt.Errorf("replayqueue: connect: replay %q: %w", r.key, e)
 		}
 	}
-	flushed := q.buf.Len() > 0
+	return nil
+}
+
+// flushLocked sends the buffer oldest first; q.mu is held. An item leaves
+// the buffer only once its send has succeeded.
+func (q *Queue[T, R]) flushLocked(send func(T) error) error {
 	for q.buf.Len() > 0 {
 		if e := send(q.buf.At(0).item); e != nil {
-			q.gen.Add(1)
-			fails := q.failPending(ErrDisconnected, e)
-			q.wakeLocked()
-			q.mu.Unlock()
-			q.runFails(fails)
-			return gen, fmt.Errorf("replayqueue: connect: flush: %w", e)
+			return fmt.Errorf("replayqueue: connect: flush: %w", e)
 		}
 		e := q.buf.PopFront()
 		q.bytes -= e.size
+		q.publishLocked()
 	}
-	q.connected = true
-	q.send = send
-	if flushed {
-		q.wakeLocked()
-	}
-	q.mu.Unlock()
-	return gen, nil
+	return nil
 }
 
 // Disconnect detaches the connection of generation gen: from now on Send
@@ -441,6 +512,7 @@ func (q *Queue[T, R]) Disconnect(gen uint64, cause error) bool {
 		return false
 	}
 	fails := q.disconnectLocked(cause)
+	q.publishLocked()
 	q.mu.Unlock()
 	q.runFails(fails)
 	return true
@@ -522,9 +594,13 @@ func (q *Queue[T, R]) shut(cause error) ([]T, bool) {
 	}
 	q.bytes = 0
 	q.buf = ring.Buffer[entry[T]]{}
+	q.setMu.Lock()
 	q.replays = nil
+	q.setErr = closeErr
+	q.setMu.Unlock()
 	fails := q.failPending(closeErr, nil)
 	q.wakeLocked()
+	q.publishLocked()
 	q.mu.Unlock()
 	q.runFails(fails)
 	return items, true
@@ -540,8 +616,9 @@ func (q *Queue[T, R]) shut(cause error) ([]T, bool) {
 // JSON-RPC: id.String() as the request id); it runs under the queue's mutex
 // (see Connect). onReply, which may be nil, receives exactly one [Reply]
 // per transmission: the reply passed to HandleReply, or the reason none
-// will come. It runs with no queue lock held and may call the Queue's
-// methods.
+// will come. It runs with no queue lock held, and may call every method of
+// the Queue, except when HandleReply is called from inside a send function:
+// then the send rule of Connect applies to it too.
 //
 // Errors: an error wrapping [ErrClosed] after Fail or Close. It panics if
 // build is nil.
@@ -549,10 +626,10 @@ func (q *Queue[T, R]) AddReplay(key string, build func(id ReplayID) T, onReply f
 	if build == nil {
 		panic("replayqueue: AddReplay with a nil build function")
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return q.closeErr
+	q.setMu.Lock()
+	defer q.setMu.Unlock()
+	if q.setErr != nil {
+		return q.setErr
 	}
 	q.removeReplayLocked(key)
 	q.replays = append(q.replays, replayEntry[T, R]{key: key, build: build, onReply: onReply})
@@ -563,11 +640,12 @@ func (q *Queue[T, R]) AddReplay(key string, build func(id ReplayID) T, onReply f
 // there. A transmission of it that is still pending keeps its reply
 // callback: the reply (or its failure) is still delivered.
 func (q *Queue[T, R]) RemoveReplay(key string) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.setMu.Lock()
+	defer q.setMu.Unlock()
 	return q.removeReplayLocked(key)
 }
 
+// removeReplayLocked removes key from the replay set; q.setMu is held.
 func (q *Queue[T, R]) removeReplayLocked(key string) bool {
 	i := slices.IndexFunc(q.replays, func(r replayEntry[T, R]) bool { return r.key == key })
 	if i < 0 {
@@ -581,8 +659,8 @@ func (q *Queue[T, R]) removeReplayLocked(key string) bool {
 
 // ReplayKeys returns the keys of the replay set in registration order.
 func (q *Queue[T, R]) ReplayKeys() []string {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.setMu.Lock()
+	defer q.setMu.Unlock()
 	keys := make([]string, len(q.replays))
 	for i, r := range q.replays {
 		keys[i] = r.key

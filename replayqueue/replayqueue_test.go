@@ -593,14 +593,14 @@ func TestCloseFailsPendingReplays(t *testing.T) {
 
 // ---- incident regressions ----
 
-// TestIssue1_MessageSentDuringReconnectIsDelivered reproduces the origin's
+// TestIncident_MessageSentDuringReconnectIsDelivered reproduces the original
 // flag/flush race: producers send while the connection drops and comes
 // back. With a "reconnecting" flag beside the queue, a producer could read
 // the flag, the flusher could drain and clear it, and the producer's
 // message was then appended to a queue nobody flushed. Here every message
 // must arrive exactly once, in per-producer order, and nothing may remain
 // buffered once the queue is connected.
-func TestIssue1_MessageSentDuringReconnectIsDelivered(t *testing.T) {
+func TestIncident_MessageSentDuringReconnectIsDelivered(t *testing.T) {
 	// The race window is narrow; a few independent runs make a regression
 	// all but certain to show.
 	for range 5 {
@@ -797,7 +797,7 @@ func idString(raw json.RawMessage) string {
 	return string(raw)
 }
 
-// TestIssue2_ReplayedSubscribeReplyNeverReachesClient reproduces the
+// TestIncident_ReplayedSubscribeReplyNeverReachesClient reproduces the
 // origin's second bug: after a reconnect the proxy replayed eth_subscribe
 // with the client's own id, and the upstream's reply (and, for a rejected
 // subscription, its error) reached a client that never sent that request.
@@ -805,7 +805,7 @@ func idString(raw json.RawMessage) string {
 // are consumed and delivered to the replay's callback with the new upstream
 // subscription id, and a client request reusing the original id 1 gets its
 // own reply forwarded untouched.
-func TestIssue2_ReplayedSubscribeReplyNeverReachesClient(t *testing.T) {
+func TestIncident_ReplayedSubscribeReplyNeverReachesClient(t *testing.T) {
 	q := replayqueue.New[[]byte, []byte]()
 	var toClient [][]byte
 	var upstreamSubs = map[string]string{} // new upstream sub id -> client's sub id
@@ -979,7 +979,7 @@ func TestCallbacksMayCallBackIntoQueue(t *testing.T) {
 }
 
 // Sending while connected, and buffering once the ring has grown, allocate
-// nothing (issue #5 targets; the benchmarks measure the time).
+// nothing (the benchmarks measure the time).
 func TestSteadyStateDoesNotAllocate(t *testing.T) {
 	q := replayqueue.New[int, int](replayqueue.WithMaxItems[int](64))
 	send := func(int) error { return nil }
@@ -1034,4 +1034,116 @@ func TestEvictionWithoutCallbackIsLogged(t *testing.T) {
 	if !strings.Contains(logged, "level=WARN") {
 		t.Fatalf("eviction not logged at Warn:\n%s", logged)
 	}
+}
+
+// Len, Connected, Stats, Generation and the replay set answer while a send
+// is blocked on a slow connection (a metrics scrape must not stall behind
+// it), both for a direct Send and for Connect's flush.
+func TestObserversDoNotWaitForABlockedSend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := replayqueue.New[string, string]()
+		mustSend(t, q, "buffered")
+		release := make(chan struct{})
+		blocking := func(string) error { <-release; return nil }
+
+		connected := make(chan uint64)
+		go func() {
+			gen, err := q.Connect(blocking) // blocks flushing "buffered"
+			if err != nil {
+				t.Error(err)
+			}
+			connected <- gen
+		}()
+		synctest.Wait() // Connect is durably blocked inside send
+
+		observed := make(chan replayqueue.Stats)
+		go func() {
+			if q.Connected() || q.Len() != 1 {
+				t.Errorf("during the flush: connected=%v len=%d, want false 1", q.Connected(), q.Len())
+			}
+			if err := q.AddReplay("k", func(replayqueue.ReplayID) string { return "k" }, nil); err != nil {
+				t.Error(err)
+			}
+			_ = q.ReplayKeys()
+			observed <- q.Stats()
+		}()
+		synctest.Wait()
+		select {
+		case st := <-observed:
+			if st.Buffered != 1 || st.Replays != 1 || st.Generation%2 != 1 {
+				t.Fatalf("stats during the flush: %+v", st)
+			}
+		default:
+			t.Fatal("observers waited for a send blocked in Connect")
+		}
+		close(release)
+		<-connected
+
+		// Now a direct Send that blocks.
+		release = make(chan struct{})
+		q2 := replayqueue.New[string, string]()
+		mustConnect(t, q2, blocking)
+		go func() { _ = q2.Send(context.Background(), "slow") }()
+		synctest.Wait()
+		go func() { observed <- q2.Stats() }()
+		synctest.Wait()
+		select {
+		case st := <-observed:
+			if st.Buffered != 0 || !q2.Connected() {
+				t.Fatalf("stats during a direct send: %+v connected=%v", st, q2.Connected())
+			}
+		default:
+			t.Fatal("Stats waited for a blocked direct Send")
+		}
+		close(release)
+		synctest.Wait()
+		q.Close()
+		q2.Close()
+	})
+}
+
+// A transport that answers inside its write call (HandleReply from within
+// the send function, which Connect's doc allows) runs the reply callback
+// there; the callback may look at the queue and change the replay set
+// without deadlocking.
+func TestReplyCallbackFromInsideSend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var q *replayqueue.Queue[string, string]
+		var seen []string
+		q = replayqueue.New[string, string]()
+		onReply := func(r replayqueue.Reply[string]) {
+			st := q.Stats()
+			if err := q.AddReplay("renamed", func(replayqueue.ReplayID) string { return "renamed" }, nil); err != nil {
+				t.Error(err)
+			}
+			seen = append(seen, fmt.Sprintf("%s %v len=%d pending=%d keys=%v", r.Value, r.Err, q.Len(), st.Pending, q.ReplayKeys()))
+		}
+		if err := q.AddReplay("sub", func(id replayqueue.ReplayID) string { return id.String() }, onReply); err != nil {
+			t.Fatal(err)
+		}
+		answering := func(item string) error {
+			if replayqueue.IsReserved(item) {
+				q.HandleReply(item, "ok:"+item[len(replayqueue.ReservedPrefix):])
+			}
+			return nil
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if _, err := q.Connect(answering); err != nil {
+				t.Error(err)
+			}
+		}()
+		synctest.Wait()
+		select {
+		case <-done:
+		default:
+			t.Fatal("Connect deadlocked: the reply callback ran inside send and waited for the queue")
+		}
+		want := []string{"ok:1:1 <nil> len=0 pending=0 keys=[sub renamed]"}
+		if !slices.Equal(seen, want) {
+			t.Fatalf("callback saw %q, want %q", seen, want)
+		}
+		q.Close()
+	})
 }

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"syscall"
+
+	"github.com/steadfast-go/steadfast/internal/neterr"
 )
 
 // Class is what the delivery loop does with an item whose send failed,
@@ -43,6 +42,7 @@ func (c Class) String() string {
 // as [*HTTPError]. [DefaultClassifier] looks for it with errors.As.
 type StatusCoder interface {
 	error
+	// HTTPStatus returns the response's HTTP status code, e.g. 404.
 	HTTPStatus() int
 }
 
@@ -95,16 +95,7 @@ func DefaultClassifier(err error) Class {
 			return ClassDrop
 		}
 	}
-	if _, ok := errors.AsType[net.Error](err); ok {
-		return ClassRetry
-	}
-	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.ECONNABORTED), errors.Is(err, syscall.EPIPE),
-		errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, syscall.ENETUNREACH),
-		errors.Is(err, syscall.EHOSTUNREACH),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	if neterr.IsTransport(err) || errors.Is(err, context.Canceled) {
 		return ClassRetry
 	}
 	return ClassDrop

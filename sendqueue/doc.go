@@ -2,15 +2,6 @@
 // such as a chat client's POSTs to a server it reaches over a flaky
 // connection.
 //
-// # The incident
-//
-// An SSE chat client sent user messages with POST. After a reconnect the
-// server no longer knew the client's connection id and answered 404; the
-// client dropped those messages without a word. The fix re-queued failed
-// sends, but the re-queue path skipped the 100-message cap that the normal
-// send path enforced, and it pushed the failed message to the back of the
-// queue, so the user's messages arrived out of order.
-//
 // # Guarantees
 //
 //   - One delivery goroutine sends items in FIFO order. It peeks at the
@@ -59,4 +50,13 @@
 //	q.Resume() // the backlog goes first, in order
 //
 //	<-t.Done() // t.Status() is Delivered or Failed, t.Err() says why
+//
+// # The incident
+//
+// An SSE chat client sent user messages with POST. After a reconnect the
+// server no longer knew the client's connection id and answered 404; the
+// client dropped those messages without a word. The fix re-queued failed
+// sends, but the re-queue path skipped the 100-message cap that the normal
+// send path enforced, and it pushed the failed message to the back of the
+// queue, so the user's messages arrived out of order.
 package sendqueue

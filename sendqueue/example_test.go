@@ -104,3 +104,36 @@ func ExampleWithOverflow() {
 	// not sent 2: sendqueue: queue closed
 	// not sent 3: sendqueue: queue closed
 }
+
+// Flush waits until everything pushed so far has settled: here, before a
+// graceful shutdown, so no accepted message is left behind.
+func ExampleQueue_Flush() {
+	q := sendqueue.New(func(ctx context.Context, it sendqueue.Item[string]) error {
+		fmt.Println("sent", it.Value)
+		return nil
+	})
+	q.Pause() // the connection is down: messages wait in order
+	for _, m := range []string{"one", "two", "three"} {
+		if _, err := q.Push(sendqueue.Item[string]{Value: m}); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	fmt.Println("queued:", q.Len())
+	q.Resume() // reconnected
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := q.Flush(ctx); err != nil {
+		fmt.Println("flush:", err)
+	}
+	fmt.Println("queued:", q.Len())
+	fmt.Println(q.Close())
+	// Output:
+	// queued: 3
+	// sent one
+	// sent two
+	// sent three
+	// queued: 0
+	// <nil>
+}

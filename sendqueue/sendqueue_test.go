@@ -733,7 +733,24 @@ func TestConcurrentProducers(t *testing.T) {
 		overCap bool
 		q       *Queue[[2]int]
 	)
+	// The connection goroutine below is the only caller of Pause and
+	// Resume. It flaps once per send attempt (pulse) and resumes after
+	// every pause the queue takes itself (selfPaused), so nothing spins
+	// and a loaded single CPU still makes progress.
+	pulse := make(chan struct{}, 1)
+	selfPaused := make(chan struct{})
+	classify := func(err error) Class {
+		c := DefaultClassifier(err)
+		if c == ClassPause {
+			selfPaused <- struct{}{}
+		}
+		return c
+	}
 	q = New(func(_ context.Context, it Item[[2]int]) error {
+		select {
+		case pulse <- struct{}{}:
+		default:
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		calls++
@@ -752,7 +769,7 @@ func TestConcurrentProducers(t *testing.T) {
 			return fmt.Errorf("w: %w", ErrDisconnected)
 		}
 		return nil
-	}, WithCapacity[[2]int](capacity), WithBackOff[[2]int](constBackOff{0}))
+	}, WithCapacity[[2]int](capacity), WithBackOff[[2]int](constBackOff{0}), WithClassifier[[2]int](classify))
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -762,12 +779,16 @@ func TestConcurrentProducers(t *testing.T) {
 			case <-done:
 				q.Resume()
 				return
-			default:
+			case <-selfPaused:
+				// A Resume after classifying and before the pause is
+				// applied cancels that pause (see commit), so resuming
+				// now always leaves the queue running.
+				q.Resume()
+			case <-pulse:
+				q.Pause()
+				runtime.Gosched()
+				q.Resume()
 			}
-			q.Pause()
-			runtime.Gosched()
-			q.Resume()
-			runtime.Gosched()
 		}
 	})
 	var prodWG sync.WaitGroup
@@ -779,8 +800,9 @@ func TestConcurrentProducers(t *testing.T) {
 				if errors.Is(err, ErrFull) {
 					if last != nil {
 						<-last.Done()
-					} else {
-						runtime.Gosched()
+					} else if err := q.Flush(t.Context()); err != nil {
+						t.Errorf("Flush while full: %v", err)
+						return
 					}
 					continue
 				}

@@ -61,6 +61,7 @@ func Run(t *testing.T, f Factory) {
 		{"RestartKeepsDeletionsAndStreams", testRestartDeletions},
 		{"Watch", testWatch},
 		{"CursorEpochChecked", testCursorEpoch},
+		{"Model", testModel},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, f) })

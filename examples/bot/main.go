@@ -51,7 +51,6 @@ func main() {
 type hooks struct {
 	agent    agent.Agent    // replaces the agent chosen by flags
 	webReady func(net.Addr) // called once the web chat listens
-	router   func(*router.Router)
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {

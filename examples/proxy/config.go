@@ -46,11 +46,11 @@ func (u *upstreamFlags) Set(v string) error {
 func parseUpstream(v string) (proxy.Upstream, error) {
 	name, urls, ok := strings.Cut(v, "=")
 	if !ok || name == "" {
-		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL,WS_URL", v)
+		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL[,WS_URL]", v)
 	}
-	httpURL, wsURL, ok := strings.Cut(urls, ",")
-	if !ok || httpURL == "" || wsURL == "" {
-		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL,WS_URL (both URLs)", v)
+	httpURL, wsURL, hasWS := strings.Cut(urls, ",")
+	if httpURL == "" || (hasWS && wsURL == "") {
+		return proxy.Upstream{}, fmt.Errorf("%q: want NAME=HTTP_URL[,WS_URL]", v)
 	}
 	return proxy.Upstream{Name: name, HTTPURL: strings.TrimSpace(httpURL), WSURL: strings.TrimSpace(wsURL)}, nil
 }
@@ -64,14 +64,23 @@ type fileConfig struct {
 		HTTP string `json:"http"`
 		WS   string `json:"ws"`
 	} `json:"upstreams"`
-	CheckInterval  string `json:"check_interval"`
-	CheckTimeout   string `json:"check_timeout"`
-	MaxLag         *int64 `json:"max_lag"`
-	RequestTimeout string `json:"request_timeout"`
-	SwitchTimeout  string `json:"switch_timeout"`
-	QueueSize      int    `json:"queue_size"`
-	MaxInFlight    int    `json:"max_in_flight"`
-	MaxSubs        int    `json:"max_subscriptions"`
+	CheckInterval  string   `json:"check_interval"`
+	CheckTimeout   string   `json:"check_timeout"`
+	MaxLag         *int64   `json:"max_lag"`
+	RequestTimeout string   `json:"request_timeout"`
+	SwitchTimeout  string   `json:"switch_timeout"`
+	QueueSize      int      `json:"queue_size"`
+	MaxInFlight    int      `json:"max_in_flight"`
+	MaxSubs        int      `json:"max_subscriptions"`
+	AllowMethods   []string `json:"allow_methods"`
+	RateLimit      float64  `json:"rate_limit"`
+	RateBurst      int      `json:"rate_burst"`
+	AuthTokens     []string `json:"auth_tokens"`
+	MaxBodyBytes   int64    `json:"max_body_bytes"`
+	MaxBatch       int      `json:"max_batch"`
+	MaxLogsRange   int64    `json:"max_logs_range"`
+	CacheBytes     *int64   `json:"cache_bytes"`
+	Coalesce       *bool    `json:"coalesce"`
 }
 
 const usageText = `Usage: proxy [flags]
@@ -97,7 +106,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8545", "address for JSON-RPC over HTTP and WebSocket, and GET /metrics")
-	fs.Var(&ups, "upstream", "upstream `NAME=HTTP_URL,WS_URL`; repeat it, primary first")
+	fs.Var(&ups, "upstream", "upstream `NAME=HTTP_URL[,WS_URL]`; repeat it, primary first (no WS_URL: HTTP only)")
 	fs.StringVar(&configPath, "config", "", "JSON config `file` (upstreams and settings; flags override it)")
 	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", proxy.DefaultCheckInterval, "time between health checks (eth_blockNumber)")
 	fs.DurationVar(&o.cfg.CheckTimeout, "check-timeout", proxy.DefaultCheckTimeout, "timeout of one health check")
@@ -107,6 +116,17 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.cfg.QueueSize, "queue-size", proxy.DefaultQueueSize, "messages each WebSocket session may queue during a switch")
 	fs.IntVar(&o.cfg.MaxInFlight, "max-in-flight", proxy.DefaultMaxInFlight, "requests each WebSocket client may have awaiting a reply; more get a JSON-RPC error")
 	fs.IntVar(&o.cfg.MaxSubscriptions, "max-subscriptions", proxy.DefaultMaxSubs, "subscriptions each WebSocket client may hold; more get a JSON-RPC error")
+	var allow, tokenFile string
+	var noCoalesce bool
+	fs.StringVar(&allow, "allow-methods", "default", "comma-separated methods clients may call; \"default\" is the read methods, eth_sendRawTransaction and eth_(un)subscribe; \"*\" allows all")
+	fs.Float64Var(&o.cfg.RateLimit, "rate-limit", 0, "requests per second per client (bearer token, else IP); 0: unlimited")
+	fs.IntVar(&o.cfg.RateBurst, "rate-burst", 0, "burst above -rate-limit (0: one second's worth)")
+	fs.StringVar(&tokenFile, "auth-token-file", "", "`file` of bearer tokens, one per line; when set, every request needs Authorization: Bearer TOKEN")
+	fs.Int64Var(&o.cfg.MaxBodyBytes, "max-body-bytes", proxy.DefaultMaxBodyBytes, "largest request body (HTTP 413 above)")
+	fs.IntVar(&o.cfg.MaxBatch, "max-batch", proxy.DefaultMaxBatch, "most requests in one batch (HTTP 413 above)")
+	fs.Int64Var(&o.cfg.MaxLogsRange, "max-logs-range", proxy.DefaultMaxLogsRange, "most blocks one eth_getLogs may span (-1: no limit)")
+	fs.Int64Var(&o.cfg.CacheBytes, "cache-bytes", proxy.DefaultCacheBytes, "bytes of immutable answers (by block hash or finalized number) to cache; 0: no cache")
+	fs.BoolVar(&noCoalesce, "no-coalesce", false, "send every read upstream, even when an identical one is in flight")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained demo: two fake nodes, the proxy, a client; kill and restore the primary")
 	fs.DurationVar(&o.blockTime, "demo-block-time", time.Second, "block interval of the demo's fake chain")
@@ -121,6 +141,17 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["allow-methods"] || allow != "default" {
+		o.cfg.AllowMethods = strings.Split(allow, ",")
+	}
+	o.cfg.NoCoalesce = noCoalesce
+	if tokenFile != "" {
+		toks, err := readTokens(tokenFile)
+		if err != nil {
+			return o, err
+		}
+		o.cfg.AuthTokens = toks
+	}
 	if configPath != "" {
 		if err := applyFile(&o, configPath, set); err != nil {
 			return o, err
@@ -159,7 +190,77 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	if o.cfg.MaxSubscriptions <= 0 {
 		return o, errors.New("-max-subscriptions must be positive")
 	}
-	return o, nil
+	return o, checkLimits(&o.cfg)
+}
+
+func checkLimits(c *proxy.Config) error {
+	switch {
+	case c.MaxBodyBytes <= 0:
+		return errors.New("-max-body-bytes must be positive")
+	case c.MaxBatch <= 0:
+		return errors.New("-max-batch must be positive")
+	case c.MaxLogsRange == 0 || c.MaxLogsRange < -1:
+		return errors.New("-max-logs-range must be a positive number of blocks, or -1 for no limit")
+	case c.CacheBytes < 0:
+		return errors.New("-cache-bytes must not be negative")
+	case c.RateLimit < 0 || c.RateBurst < 0:
+		return errors.New("-rate-limit and -rate-burst must not be negative")
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = -1 // the flag's 0 is "off"; the Config's 0 is "default"
+	}
+	return nil
+}
+
+// readTokens reads bearer tokens, one per line (blank lines and lines
+// starting with # are skipped).
+func readTokens(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-auth-token-file: %w", err)
+	}
+	var out []string
+	for line := range strings.Lines(string(data)) {
+		if line = strings.TrimSpace(line); line != "" && line[0] != '#' {
+			out = append(out, line)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("-auth-token-file %s: no tokens", path)
+	}
+	return out, nil
+}
+
+// expandEnv replaces ${NAME} in a config file with the environment
+// variable NAME (an unset one is an error, so a typo cannot become an
+// empty token). A lone $ is left alone.
+func expandEnv(s string) (string, error) {
+	var missing []string
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "${")
+		if i < 0 {
+			b.WriteString(s)
+			break
+		}
+		j := strings.IndexByte(s[i:], '}')
+		if j < 0 {
+			b.WriteString(s)
+			break
+		}
+		name := s[i+2 : i+j]
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			missing = append(missing, name)
+		}
+		b.WriteString(s[:i])
+		b.WriteString(v)
+		s = s[i+j+1:]
+	}
+	if len(missing) > 0 {
+		return "", fmt.Errorf("environment variables not set: %s", strings.Join(missing, ", "))
+	}
+	return b.String(), nil
 }
 
 func applyFile(o *options, path string, set map[string]bool) error {
@@ -167,8 +268,12 @@ func applyFile(o *options, path string, set map[string]bool) error {
 	if err != nil {
 		return fmt.Errorf("-config: %w", err)
 	}
+	text, err := expandEnv(string(data))
+	if err != nil {
+		return fmt.Errorf("-config %s: %w", path, err)
+	}
 	var fc fileConfig
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(strings.NewReader(text))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fc); err != nil {
 		return fmt.Errorf("-config %s: %w", path, err)
@@ -177,8 +282,8 @@ func applyFile(o *options, path string, set map[string]bool) error {
 		o.listen = fc.Listen
 	}
 	for i, u := range fc.Upstreams {
-		if u.Name == "" || u.HTTP == "" || u.WS == "" {
-			return fmt.Errorf("-config %s: upstream %d needs name, http and ws", path, i+1)
+		if u.Name == "" || u.HTTP == "" {
+			return fmt.Errorf("-config %s: upstream %d needs name and http (ws is optional)", path, i+1)
 		}
 		o.cfg.Upstreams = append(o.cfg.Upstreams, proxy.Upstream{Name: u.Name, HTTPURL: u.HTTP, WSURL: u.WS})
 	}
@@ -213,5 +318,36 @@ func applyFile(o *options, path string, set map[string]bool) error {
 	if fc.MaxSubs != 0 && !set["max-subscriptions"] {
 		o.cfg.MaxSubscriptions = fc.MaxSubs
 	}
+	applyLimits(o, &fc, set)
 	return nil
+}
+
+func applyLimits(o *options, fc *fileConfig, set map[string]bool) {
+	if fc.AllowMethods != nil && !set["allow-methods"] {
+		o.cfg.AllowMethods = fc.AllowMethods
+	}
+	if fc.RateLimit != 0 && !set["rate-limit"] {
+		o.cfg.RateLimit = fc.RateLimit
+	}
+	if fc.RateBurst != 0 && !set["rate-burst"] {
+		o.cfg.RateBurst = fc.RateBurst
+	}
+	if len(fc.AuthTokens) > 0 && !set["auth-token-file"] {
+		o.cfg.AuthTokens = fc.AuthTokens
+	}
+	if fc.MaxBodyBytes != 0 && !set["max-body-bytes"] {
+		o.cfg.MaxBodyBytes = fc.MaxBodyBytes
+	}
+	if fc.MaxBatch != 0 && !set["max-batch"] {
+		o.cfg.MaxBatch = fc.MaxBatch
+	}
+	if fc.MaxLogsRange != 0 && !set["max-logs-range"] {
+		o.cfg.MaxLogsRange = fc.MaxLogsRange
+	}
+	if fc.CacheBytes != nil && !set["cache-bytes"] {
+		o.cfg.CacheBytes = *fc.CacheBytes
+	}
+	if fc.Coalesce != nil && !set["no-coalesce"] {
+		o.cfg.NoCoalesce = !*fc.Coalesce
+	}
 }

@@ -65,6 +65,10 @@ func TestFlagErrors(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(`{"upstreams":[{"name":"a"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	envcfg := filepath.Join(dir, "env.json")
+	if err := os.WriteFile(envcfg, []byte(`{"upstreams":[{"name":"a","http":"http://x"}],"auth_tokens":["${UNSET_STEADFAST_TOKEN}"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	unknown := filepath.Join(dir, "unknown.json")
 	if err := os.WriteFile(unknown, []byte(`{"upstream":[]}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -74,14 +78,20 @@ func TestFlagErrors(t *testing.T) {
 		want string
 	}{
 		{nil, "no upstreams"},
-		{[]string{"-upstream", "nourls"}, "NAME=HTTP_URL,WS_URL"},
-		{[]string{"-upstream", "a=http://x"}, "both URLs"},
+		{[]string{"-upstream", "nourls"}, "NAME=HTTP_URL[,WS_URL]"},
+		{[]string{"-upstream", "a=http://x,"}, "NAME=HTTP_URL[,WS_URL]"},
+		{[]string{"-upstream", "a=http://x", "-max-body-bytes", "0"}, "-max-body-bytes"},
+		{[]string{"-upstream", "a=http://x", "-max-batch", "-1"}, "-max-batch"},
+		{[]string{"-upstream", "a=http://x", "-max-logs-range", "0"}, "-max-logs-range"},
+		{[]string{"-upstream", "a=http://x", "-rate-limit", "-1"}, "-rate-limit"},
+		{[]string{"-upstream", "a=http://x", "-auth-token-file", filepath.Join(dir, "none")}, "-auth-token-file"},
+		{[]string{"-config", envcfg}, "UNSET_STEADFAST_TOKEN"},
 		{[]string{"-upstream", "a=http://x,ws://x", "-check-timeout", "2s", "-check-interval", "1s"}, "must not exceed"},
 		{[]string{"-upstream", "a=http://x,ws://x", "-max-lag", "0"}, "-max-lag"},
 		{[]string{"-upstream", "a=http://x,ws://x", "-log-level", "loud"}, "-log-level"},
 		{[]string{"-upstream", "a=http://x,ws://x", "extra"}, "unexpected argument"},
 		{[]string{"-config", filepath.Join(dir, "missing.json")}, "-config"},
-		{[]string{"-config", bad}, "needs name, http and ws"},
+		{[]string{"-config", bad}, "needs name and http"},
 		{[]string{"-config", unknown}, "unknown field"},
 		{[]string{"-demo", "-upstream", "a=http://x,ws://x"}, "-demo starts its own"},
 		{[]string{"-check-interval", "soon"}, "invalid value"},
@@ -205,5 +215,40 @@ func TestDemoInterrupted(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "demo interrupted") {
 		t.Fatalf("output:\n%s", out.String())
+	}
+}
+
+// TestConfigLimitsEnvAndHTTPOnly: the operator settings reach the proxy
+// config from the file (with ${VAR} expanded from the environment) and
+// from flags, and an upstream may be HTTP only.
+func TestConfigLimitsEnvAndHTTPOnly(t *testing.T) {
+	t.Setenv("STEADFAST_TEST_TOKEN", "s3cret")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "proxy.json")
+	cfg := `{"upstreams":[{"name":"p","http":"http://a:1"}],"auth_tokens":["${STEADFAST_TEST_TOKEN}"],
+	"allow_methods":["default","debug_traceTransaction"],"rate_limit":50,"max_batch":10,"max_logs_range":500,"cache_bytes":1024,"coalesce":false}`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseArgs([]string{"-config", path, "-max-body-bytes", "1000"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.cfg
+	if len(c.Upstreams) != 1 || c.Upstreams[0].WSURL != "" || len(c.AuthTokens) != 1 || c.AuthTokens[0] != "s3cret" ||
+		len(c.AllowMethods) != 2 || c.RateLimit != 50 || c.MaxBatch != 10 || c.MaxLogsRange != 500 ||
+		c.CacheBytes != 1024 || !c.NoCoalesce || c.MaxBodyBytes != 1000 {
+		t.Fatalf("config %+v", c)
+	}
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("# clients\nalpha\n\nbeta\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err = parseArgs([]string{"-upstream", "a=http://x", "-auth-token-file", tokens, "-allow-methods", "*", "-cache-bytes", "0"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.cfg.AuthTokens) != 2 || o.cfg.AuthTokens[1] != "beta" || len(o.cfg.AllowMethods) != 1 || o.cfg.CacheBytes != -1 {
+		t.Fatalf("flags %+v", o.cfg)
 	}
 }

@@ -49,7 +49,8 @@ type Chain struct {
 
 	mu      sync.Mutex
 	head    uint64
-	changed chan struct{} // closed and replaced on every new head
+	changed chan struct{}     // closed and replaced on every new head
+	byHash  map[string]uint64 // block hash -> number, for eth_getBlockByHash
 
 	stop chan struct{}
 	done chan struct{}
@@ -63,6 +64,7 @@ func NewChain(chainID uint64, interval time.Duration) *Chain {
 	}
 	c := &Chain{id: chainID, interval: interval, head: 1, changed: make(chan struct{}),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	c.indexGenesis()
 	go c.run()
 	return c
 }
@@ -71,6 +73,7 @@ func NewChain(chainID uint64, interval time.Duration) *Chain {
 // (for benchmarks that time one notification at a time).
 func NewManualChain(chainID uint64) *Chain {
 	c := &Chain{id: chainID, head: 1, changed: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	c.indexGenesis()
 	close(c.done)
 	return c
 }
@@ -80,9 +83,22 @@ func (c *Chain) Advance() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.head++
+	c.byHash[c.Hash(c.head)] = c.head
 	close(c.changed)
 	c.changed = make(chan struct{})
 	return c.head
+}
+
+func (c *Chain) indexGenesis() {
+	c.byHash = map[string]uint64{c.Hash(0): 0, c.Hash(1): 1}
+}
+
+// ByHash returns the number of the block with hash h, if the chain has it.
+func (c *Chain) ByHash(h string) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.byHash[h]
+	return n, ok
 }
 
 func (c *Chain) run() {
@@ -174,9 +190,10 @@ type Node struct {
 	chain *Chain
 	addr  string // fixed by the first Start, reused by Restart
 
-	subSeq atomic.Uint64
-	lag    atomic.Uint64
-	active atomic.Int64 // live subscriptions over all connections
+	subSeq   atomic.Uint64
+	lag      atomic.Uint64
+	finality atomic.Uint64
+	active   atomic.Int64 // live subscriptions over all connections
 
 	statsMu sync.Mutex
 	stats   map[string]int64
@@ -325,6 +342,10 @@ func (n *Node) Resume() {
 // SetLag makes the node report a head lag blocks behind the chain, like a
 // node that fell out of sync.
 func (n *Node) SetLag(lag uint64) { n.lag.Store(lag) }
+
+// SetFinalityDepth makes the node report "finalized" and "safe" blocks
+// depth blocks below its head (0, the default: the head itself).
+func (n *Node) SetFinalityDepth(depth uint64) { n.finality.Store(depth) }
 
 // Close kills the node for good.
 func (n *Node) Close() { n.Kill() }
@@ -597,6 +618,8 @@ func (n *Node) call(m *jsonrpc.Message, st *wsState) []byte {
 		result = "fakenode/" + n.name
 	case "eth_getBlockByNumber":
 		result, rerr = n.getBlock(m.Params)
+	case "eth_getBlockByHash":
+		result, rerr = n.getBlockByHash(m.Params)
 	case "eth_sendRawTransaction":
 		// A fake: accept anything and return a hash derived from the payload.
 		s := sha256.Sum256(m.Params)
@@ -633,8 +656,10 @@ func (n *Node) getBlock(params json.RawMessage) (any, *jsonrpc.Error) {
 	head := n.head()
 	var num uint64
 	switch tag {
-	case "latest", "safe", "finalized", "pending":
+	case "latest", "pending":
 		num = head
+	case "safe", "finalized":
+		num = head - min(head, n.finality.Load())
 	case "earliest":
 		num = 0
 	default:
@@ -649,6 +674,20 @@ func (n *Node) getBlock(params json.RawMessage) (any, *jsonrpc.Error) {
 	}
 	h := n.chain.Header(num)
 	return &h, nil
+}
+
+func (n *Node) getBlockByHash(params json.RawMessage) (any, *jsonrpc.Error) {
+	var p []json.RawMessage
+	var h string
+	if err := json.Unmarshal(params, &p); err != nil || len(p) == 0 || json.Unmarshal(p[0], &h) != nil {
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "expected [blockHash, fullTx]"}
+	}
+	num, ok := n.chain.ByHash(h)
+	if !ok || num > n.head() {
+		return nil, nil
+	}
+	hdr := n.chain.Header(num)
+	return &hdr, nil
 }
 
 func (n *Node) subscribe(params json.RawMessage, st *wsState) (any, *jsonrpc.Error) {

@@ -43,6 +43,12 @@ const (
 	// CodeTooManySubscriptions: the WebSocket client already has the
 	// maximum number of subscriptions.
 	CodeTooManySubscriptions = -32015
+	// CodeUnauthorized: the proxy requires a bearer token and the request
+	// had none, or an unknown one.
+	CodeUnauthorized = -32016
+	// CodeLimitExceeded: the client went over its rate limit, or a request
+	// over a size limit (EIP-1474's "limit exceeded").
+	CodeLimitExceeded = -32005
 )
 
 // ErrEmptyBatch is reported (as an invalid-request Error) for "[]".
@@ -95,10 +101,14 @@ func (m *Message) IsResponse() bool {
 	return m.Method == "" && (len(m.Result) > 0 || m.Error != nil)
 }
 
-// Validate checks the shape of a message received from a client: a method
+// Validate checks the shape of a message received from a client: version
+// "2.0" (JSON-RPC 1.0 and unversioned requests are refused), a method
 // name, and an id that is a string, a number or null. It returns an
 // invalid-request *Error, or nil.
 func Validate(m *Message) *Error {
+	if m.JSONRPC != Version {
+		return &Error{Code: CodeInvalidRequest, Message: `"jsonrpc" must be "2.0"`}
+	}
 	if m.Method == "" {
 		return &Error{Code: CodeInvalidRequest, Message: "missing method"}
 	}
@@ -255,4 +265,66 @@ func JoinBatch(parts [][]byte) []byte {
 		out = append(out, p...)
 	}
 	return append(out, ']')
+}
+
+// AppendRequest appends a request with a numeric id to b. params, if not
+// empty, must be valid JSON (it is copied as is).
+func AppendRequest(b []byte, id uint64, method string, params json.RawMessage) []byte {
+	b = append(b, `{"jsonrpc":"2.0","id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, `,"method":`...)
+	b = appendString(b, method)
+	if len(params) > 0 {
+		b = append(b, `,"params":`...)
+		b = append(b, params...)
+	}
+	return append(b, '}')
+}
+
+// AppendResult appends a response to b: id and result (or, when errObj is
+// not empty, the already-encoded error object instead of a result), both
+// copied as they are.
+func AppendResult(b []byte, id, result, errObj json.RawMessage) []byte {
+	if len(id) == 0 {
+		id = Null
+	}
+	b = append(b, `{"jsonrpc":"2.0","id":`...)
+	b = append(b, id...)
+	if len(errObj) > 0 {
+		b = append(b, `,"error":`...)
+		b = append(b, errObj...)
+	} else {
+		if len(result) == 0 {
+			result = Null
+		}
+		b = append(b, `,"result":`...)
+		b = append(b, result...)
+	}
+	return append(b, '}')
+}
+
+// AppendNotification appends an eth_subscription notification for the
+// subscription id sub (a string without quotes or escapes, as every
+// subscription id is) carrying the already-encoded result.
+func AppendNotification(b []byte, sub string, result json.RawMessage) []byte {
+	b = append(b, `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"`...)
+	b = append(b, sub...)
+	b = append(b, `","result":`...)
+	b = append(b, result...)
+	return append(b, "}}"...)
+}
+
+// appendString appends s as a JSON string: as is when it needs no
+// escaping (every method name in practice), through encoding/json
+// otherwise.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }

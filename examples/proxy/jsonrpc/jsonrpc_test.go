@@ -91,14 +91,16 @@ func TestValidate(t *testing.T) {
 		m  jsonrpc.Message
 		ok bool
 	}{
-		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`"s"`)}, true},
-		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`-1`)}, true},
-		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`null`)}, true},
-		{jsonrpc.Message{Method: "a"}, true},
-		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`[1]`)}, false},
-		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`true`)}, false},
-		{jsonrpc.Message{Method: "a", Params: json.RawMessage(`"x"`)}, false},
-		{jsonrpc.Message{ID: json.RawMessage(`1`)}, false},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", ID: json.RawMessage(`"s"`)}, true},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", ID: json.RawMessage(`-1`)}, true},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", ID: json.RawMessage(`null`)}, true},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a"}, true},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", ID: json.RawMessage(`[1]`)}, false},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", ID: json.RawMessage(`true`)}, false},
+		{jsonrpc.Message{JSONRPC: "2.0", Method: "a", Params: json.RawMessage(`"x"`)}, false},
+		{jsonrpc.Message{JSONRPC: "2.0", ID: json.RawMessage(`1`)}, false},
+		{jsonrpc.Message{JSONRPC: "1.0", Method: "a", ID: json.RawMessage(`1`)}, false},
+		{jsonrpc.Message{Method: "a", ID: json.RawMessage(`1`)}, false},
 	} {
 		if got := jsonrpc.Validate(&tc.m) == nil; got != tc.ok {
 			t.Errorf("Validate(%+v) ok = %v, want %v", tc.m, got, tc.ok)
@@ -170,4 +172,28 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAppendBuilders(t *testing.T) {
+	req := jsonrpc.AppendRequest(nil, 7, "eth_call", json.RawMessage(`[{"to":"0x1"},"latest"]`))
+	if want := `{"jsonrpc":"2.0","id":7,"method":"eth_call","params":[{"to":"0x1"},"latest"]}`; string(req) != want {
+		t.Errorf("AppendRequest = %s, want %s", req, want)
+	}
+	odd := jsonrpc.AppendRequest(nil, 1, "a\"b\u0000<", nil)
+	var m jsonrpc.Message
+	if err := json.Unmarshal(odd, &m); err != nil || m.Method != "a\"b\u0000<" {
+		t.Errorf("AppendRequest with an odd method = %s (%v)", odd, err)
+	}
+	res := jsonrpc.AppendResult(nil, json.RawMessage(`"x"`), json.RawMessage(`"0x1"`), nil)
+	if want := `{"jsonrpc":"2.0","id":"x","result":"0x1"}`; string(res) != want {
+		t.Errorf("AppendResult = %s, want %s", res, want)
+	}
+	er := jsonrpc.AppendResult(nil, nil, nil, json.RawMessage(`{"code":-1,"message":"m"}`))
+	if want := `{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"m"}}`; string(er) != want {
+		t.Errorf("AppendResult error = %s, want %s", er, want)
+	}
+	n := jsonrpc.AppendNotification(nil, "0xab", json.RawMessage(`{"number":"0x1"}`))
+	if want := `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xab","result":{"number":"0x1"}}}`; string(n) != want {
+		t.Errorf("AppendNotification = %s, want %s", n, want)
+	}
 }

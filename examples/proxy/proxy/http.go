@@ -8,38 +8,106 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
+	"time"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
-	"github.com/steadfast-go/steadfast/failover"
 )
 
 // safeToRepeat reports whether a method only reads, so a request that
-// failed on a connection error may be sent again to another upstream.
-// Anything unknown is unsafe: eth_sendRawTransaction in particular must never
-// be sent twice by the proxy (the first attempt may have reached the node).
+// failed on a connection error may be sent again to another upstream, and
+// identical ones may share one upstream call. Anything unknown is unsafe:
+// eth_sendRawTransaction in particular must never be sent twice by the
+// proxy (the first attempt may have reached the node), and
+// eth_getFilterChanges consumes what it returns.
 func safeToRepeat(method string) bool {
 	switch method {
 	case "eth_blockNumber", "eth_chainId", "eth_call", "eth_estimateGas", "eth_gasPrice", "eth_feeHistory",
 		"eth_maxPriorityFeePerGas", "eth_syncing", "eth_blobBaseFee", "eth_createAccessList", "eth_accounts",
-		"eth_protocolVersion":
+		"eth_protocolVersion", "eth_simulateV1",
+		"eth_getBalance", "eth_getCode", "eth_getStorageAt", "eth_getTransactionCount", "eth_getProof",
+		"eth_getBlockByNumber", "eth_getBlockByHash", "eth_getBlockReceipts", "eth_getLogs",
+		"eth_getHeaderByNumber", "eth_getHeaderByHash", "eth_getTransactionByHash", "eth_getTransactionReceipt",
+		"eth_getTransactionByBlockHashAndIndex", "eth_getTransactionByBlockNumberAndIndex",
+		"eth_getBlockTransactionCountByHash", "eth_getBlockTransactionCountByNumber",
+		"eth_getUncleByBlockHashAndIndex", "eth_getUncleByBlockNumberAndIndex",
+		"eth_getUncleCountByBlockHash", "eth_getUncleCountByBlockNumber",
+		"net_version", "net_listening", "net_peerCount", "web3_clientVersion", "web3_sha3":
 		return true
 	}
-	return strings.HasPrefix(method, "eth_get") || strings.HasPrefix(method, "net_") ||
-		strings.HasPrefix(method, "web3_")
+	return false
 }
 
-// errUpstreamStatus is returned for a 502/503/504 from an upstream (a load
-// balancer in front of a dead node), which counts as a connection error.
-var errUpstreamStatus = errors.New("upstream gateway error")
+// Errors of one HTTP exchange with an upstream.
+var (
+	// errUpstreamStatus: a 502/503/504 from an upstream (a load balancer
+	// in front of a dead node), which counts as a connection error.
+	errUpstreamStatus = errors.New("upstream gateway error")
+	// errReplyTooLarge: a reply over DefaultMaxReplyBytes, never
+	// forwarded truncated.
+	errReplyTooLarge = fmt.Errorf("upstream reply larger than %d bytes", DefaultMaxReplyBytes)
+	// errBadReply: the upstream answered, but not with JSON-RPC.
+	errBadReply = errors.New("upstream reply is not JSON-RPC")
+	// errNoHealthy: no upstream is healthy right now.
+	errNoHealthy = errors.New("no healthy upstream")
+)
+
+// nonJSONError is an upstream answer that is not JSON (an HTML 413 from a
+// reverse proxy, say): reported with its status, never relayed as JSON.
+type nonJSONError struct {
+	status  int
+	snippet string
+}
+
+func (e *nonJSONError) Error() string {
+	return fmt.Sprintf("upstream answered HTTP %d with a non-JSON body: %q", e.status, e.snippet)
+}
+
+// httpFailure is what the client gets for a request the proxy could not
+// deliver: an HTTP status for load balancers and a JSON-RPC error.
+type httpFailure struct {
+	status int
+	code   int
+	msg    string
+}
+
+// failure classifies an error from forward.
+func failure(safe bool, err error) httpFailure {
+	var nj *nonJSONError
+	switch {
+	case errors.As(err, &nj):
+		st := http.StatusBadGateway
+		if nj.status == http.StatusRequestEntityTooLarge || nj.status == http.StatusTooManyRequests {
+			st = nj.status // the client's request is too large, or too frequent, for the node
+		}
+		return httpFailure{st, jsonrpc.CodeInternalError, err.Error()}
+	case errors.Is(err, errReplyTooLarge), errors.Is(err, errBadReply):
+		return httpFailure{http.StatusBadGateway, jsonrpc.CodeInternalError, err.Error()}
+	case !safe && !neverSent(err):
+		st := http.StatusBadGateway
+		if isTimeout(err) {
+			st = http.StatusGatewayTimeout
+		}
+		return httpFailure{st, jsonrpc.CodeUpstreamLost,
+			"upstream failed during the request, which is not retried because it may have been executed: " + err.Error()}
+	case errors.Is(err, errNoHealthy):
+		return httpFailure{http.StatusServiceUnavailable, jsonrpc.CodeNoUpstream, "no upstream could answer: " + err.Error()}
+	case isTimeout(err):
+		return httpFailure{http.StatusGatewayTimeout, jsonrpc.CodeTimeout, "no upstream answered in time: " + err.Error()}
+	}
+	return httpFailure{http.StatusBadGateway, jsonrpc.CodeNoUpstream, "no upstream could answer: " + err.Error()}
+}
 
 // readBody reads a request body into one exactly-sized allocation when the
 // client announced its length (the common case), instead of io.ReadAll's
 // growing copies.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	rd := http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes)
-	if n := r.ContentLength; n > 0 && n <= DefaultMaxBodyBytes {
+func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	limit := p.cfg.MaxBodyBytes
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n > 0 {
 		b := make([]byte, n)
 		if _, err := io.ReadFull(rd, b); err != nil {
 			return nil, err
@@ -49,30 +117,93 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return io.ReadAll(rd)
 }
 
-func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r)
+// gate applies authentication, the body limit and the rate limit. It
+// writes the refusal itself and returns false when the request must stop.
+func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) ([]byte, string, bool) {
+	client, ok := p.authorize(r)
+	if !ok {
+		p.m.denied.WithLabelValues(denyAuth).Inc()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="steadfast-proxy"`)
+		p.writeLocal(w, http.StatusUnauthorized, nil, &jsonrpc.Error{Code: jsonrpc.CodeUnauthorized,
+			Message: "missing or unknown bearer token (Authorization: Bearer TOKEN)"})
+		return nil, "", false
+	}
+	body, err := p.readBody(w, r)
 	if err != nil {
-		p.writeLocal(w, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "request body: " + err.Error()})
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			p.m.denied.WithLabelValues(denyTooLarge).Inc()
+			p.writeLocal(w, http.StatusRequestEntityTooLarge, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest,
+				Message: "request body over " + strconv.FormatInt(p.cfg.MaxBodyBytes, 10) + " bytes"})
+			return nil, "", false
+		}
+		p.writeLocal(w, http.StatusBadRequest, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "request body: " + err.Error()})
+		return nil, "", false
+	}
+	return body, client, true
+}
+
+func (p *Proxy) rateLimited(w http.ResponseWriter, client string, n int, id []byte) bool {
+	if p.limit.take(client, n, time.Now()) {
+		return false
+	}
+	p.m.denied.WithLabelValues(denyRateLimit).Inc()
+	w.Header().Set("Retry-After", "1")
+	p.writeLocal(w, http.StatusTooManyRequests, id, &jsonrpc.Error{Code: jsonrpc.CodeLimitExceeded, Message: "rate limit exceeded"})
+	return true
+}
+
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	body, client, ok := p.gate(w, r)
+	if !ok {
+		return
+	}
+	if m, ok := jsonrpc.ScanRequest(body); ok { // the common shape: no full decode
+		if !p.rateLimited(w, client, 1, m.ID) {
+			p.serveSingle(w, body, &m)
+		}
 		return
 	}
 	f, perr := jsonrpc.Parse(body)
 	if perr != nil {
 		var je *jsonrpc.Error
 		errors.As(perr, &je)
-		p.writeLocal(w, nil, je)
+		p.writeLocal(w, http.StatusOK, nil, je)
 		return
 	}
-	if !f.Batch && f.Errs[0] == nil {
-		p.serveSingle(w, r, body, &f.Msgs[0])
+	if !f.Batch {
+		if p.rateLimited(w, client, 1, f.Msgs[0].ID) {
+			return
+		}
+		if f.Errs[0] == nil {
+			p.serveSingle(w, body, &f.Msgs[0])
+			return
+		}
+	}
+	if len(f.Msgs) > p.cfg.MaxBatch {
+		p.m.denied.WithLabelValues(denyTooLarge).Inc()
+		p.writeLocal(w, http.StatusRequestEntityTooLarge, nil, &jsonrpc.Error{Code: jsonrpc.CodeLimitExceeded,
+			Message: "batch of " + strconv.Itoa(len(f.Msgs)) + " requests is over the limit of " + strconv.Itoa(p.cfg.MaxBatch)})
 		return
 	}
-	// Answer invalid elements here; forward the rest.
+	if f.Batch && p.rateLimited(w, client, len(f.Msgs), nil) {
+		return
+	}
+	p.serveBatch(w, body, &f)
+}
+
+// serveBatch answers invalid or refused elements itself and forwards the
+// rest as one batch.
+func (p *Proxy) serveBatch(w http.ResponseWriter, body []byte, f *jsonrpc.Frame) {
 	var local [][]byte
 	fwd := make([]int, 0, len(f.Msgs))
 	for i := range f.Msgs {
 		e := f.Errs[i]
 		if e == nil {
 			e = jsonrpc.Validate(&f.Msgs[i])
+		}
+		if e == nil {
+			e = p.admit(&f.Msgs[i])
 		}
 		if e != nil {
 			p.m.requestErrors.WithLabelValues(strconv.Itoa(e.Code)).Inc()
@@ -86,12 +217,12 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	payload := body
-	if len(local) > 0 { // rebuild the batch without the invalid elements
+	if len(local) > 0 { // rebuild the batch without the refused elements
 		parts := make([][]byte, 0, len(fwd))
 		for _, i := range fwd {
 			b, err := jsonrpc.Marshal(&f.Msgs[i])
 			if err != nil {
-				p.writeLocal(w, f.Msgs[i].ID, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: err.Error()})
+				p.writeLocal(w, http.StatusOK, f.Msgs[i].ID, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: err.Error()})
 				return
 			}
 			parts = append(parts, b)
@@ -104,21 +235,23 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		methods[k] = f.Msgs[i].Method
 		safe = safe && safeToRepeat(f.Msgs[i].Method)
 	}
-	rep, u, err := p.forward(r.Context(), payload, safe, methods)
+	start := time.Now()
+	rep, u, err := p.forward(context.Background(), payload, safe, methods...)
 	if err != nil {
-		code, msg := failure(safe, err)
+		fl := failure(safe, err)
 		for _, i := range fwd {
 			if f.Msgs[i].HasID() {
-				p.m.requestErrors.WithLabelValues(strconv.Itoa(code)).Inc()
-				local = append(local, jsonrpc.ErrorResponse(f.Msgs[i].ID, &jsonrpc.Error{Code: code, Message: msg}))
+				p.m.requestErrors.WithLabelValues(strconv.Itoa(fl.code)).Inc()
+				local = append(local, jsonrpc.ErrorResponse(f.Msgs[i].ID, &jsonrpc.Error{Code: fl.code, Message: fl.msg}))
 			}
 		}
-		writeJSON(w, http.StatusOK, joinReplies(f.Batch, local))
+		writeJSON(w, fl.status, joinReplies(f.Batch, local))
 		return
 	}
 	defer rep.release()
 	for _, m := range methods {
 		p.m.request(m, u.index, transportHTTP).Inc()
+		p.m.observe(m, u.index, start)
 	}
 	if len(local) == 0 {
 		writeJSON(w, rep.status, rep.body.Bytes())
@@ -138,39 +271,49 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, joinReplies(true, local))
 }
 
-// serveSingle is the hot path: one well-formed request (not a batch). The
-// client's bytes are forwarded as they are, and the upstream's reply is
-// copied back from a pooled buffer.
-func (p *Proxy) serveSingle(w http.ResponseWriter, r *http.Request, body []byte, m *jsonrpc.Message) {
-	if e := jsonrpc.Validate(m); e != nil {
-		p.writeLocal(w, m.ID, e)
+// serveSingle is the hot path: one well-formed request (not a batch).
+// Reads go through the cache and shared calls; anything else is forwarded
+// as the client's bytes, and the upstream's reply copied back from a
+// pooled buffer.
+func (p *Proxy) serveSingle(w http.ResponseWriter, body []byte, m *jsonrpc.Message) {
+	e := jsonrpc.Validate(m)
+	if e == nil {
+		e = p.admit(m)
+	}
+	if e != nil {
+		p.writeLocal(w, http.StatusOK, m.ID, e)
 		return
 	}
 	safe := safeToRepeat(m.Method)
-	rep, u, err := p.forward(r.Context(), body, safe, []string{m.Method})
+	start := time.Now()
+	if safe && m.HasID() && p.flight != nil {
+		out, status, u, err := p.serveShared(m)
+		if err != nil {
+			fl := failure(true, err)
+			p.writeLocal(w, fl.status, m.ID, &jsonrpc.Error{Code: fl.code, Message: fl.msg})
+			return
+		}
+		if u != nil { // nil: answered from the cache
+			p.m.request(m.Method, u.index, transportHTTP).Inc()
+			p.m.observe(m.Method, u.index, start)
+		}
+		writeJSON(w, status, out)
+		return
+	}
+	rep, u, err := p.forward(context.Background(), body, safe, m.Method)
 	if err != nil {
 		if !m.HasID() {
 			w.WriteHeader(http.StatusNoContent) // a notification: nobody waits for an answer
 			return
 		}
-		code, msg := failure(safe, err)
-		p.writeLocal(w, m.ID, &jsonrpc.Error{Code: code, Message: msg})
+		fl := failure(safe, err)
+		p.writeLocal(w, fl.status, m.ID, &jsonrpc.Error{Code: fl.code, Message: fl.msg})
 		return
 	}
 	p.m.request(m.Method, u.index, transportHTTP).Inc()
+	p.m.observe(m.Method, u.index, start)
 	writeJSON(w, rep.status, rep.body.Bytes())
 	rep.release()
-}
-
-// failure is the JSON-RPC error for requests forward could not deliver.
-func failure(safe bool, err error) (int, string) {
-	if errors.Is(err, errReplyTooLarge) {
-		return jsonrpc.CodeInternalError, err.Error()
-	}
-	if !safe {
-		return jsonrpc.CodeUpstreamLost, "upstream failed during the request, which is not retried because it may have been executed: " + err.Error()
-	}
-	return jsonrpc.CodeNoUpstream, "no upstream could answer: " + err.Error()
 }
 
 func joinReplies(batch bool, parts [][]byte) []byte {
@@ -193,9 +336,9 @@ func writeJSON(w http.ResponseWriter, status int, b []byte) {
 	_, _ = w.Write(b)
 }
 
-func (p *Proxy) writeLocal(w http.ResponseWriter, id []byte, e *jsonrpc.Error) {
+func (p *Proxy) writeLocal(w http.ResponseWriter, status int, id []byte, e *jsonrpc.Error) {
 	p.m.requestErrors.WithLabelValues(strconv.Itoa(e.Code)).Inc()
-	writeJSON(w, http.StatusOK, jsonrpc.ErrorResponse(id, e))
+	writeJSON(w, status, jsonrpc.ErrorResponse(id, e))
 }
 
 var jsonContentType = []string{"application/json"}
@@ -217,91 +360,4 @@ func (r reply) release() {
 		r.body.Reset()
 		replyPool.Put(r.body)
 	}
-}
-
-// forward sends payload to the selected upstream and, when that fails on a
-// connection error and every method in it is safe to repeat, once more to
-// the next healthy upstream.
-func (p *Proxy) forward(ctx context.Context, payload []byte, safe bool, methods []string) (reply, *upstream, error) {
-	i, _ := p.group.PickIndex()
-	u := p.ups[i]
-	rep, err := p.post(ctx, u, payload)
-	if err == nil {
-		return rep, u, nil
-	}
-	if ctx.Err() != nil || (!isConnError(err) && !errors.Is(err, errUpstreamStatus)) {
-		return reply{}, u, err // the client gave up, or the reply was unusable: not the upstream's fault
-	}
-	p.reportFailure(i, err)
-	p.log.Warn("upstream request failed", "upstream", u.Name, "err", err, "retry", safe)
-	if !safe {
-		return reply{}, u, err
-	}
-	j := p.nextHealthy(i)
-	if j < 0 {
-		return reply{}, u, err
-	}
-	for _, m := range methods {
-		p.m.retries.WithLabelValues(methodLabel(m)).Inc()
-	}
-	u = p.ups[j]
-	rep, err = p.post(ctx, u, payload)
-	if err != nil {
-		if ctx.Err() == nil && isConnError(err) {
-			p.reportFailure(j, err)
-		}
-		return reply{}, u, err
-	}
-	return rep, u, nil
-}
-
-// nextHealthy returns the highest-priority healthy upstream other than
-// skip, or -1.
-func (p *Proxy) nextHealthy(skip int) int {
-	for _, s := range p.group.Status() {
-		if s.Index != skip && s.State == failover.Healthy && !s.Drained {
-			return s.Index
-		}
-	}
-	return -1
-}
-
-// errReplyTooLarge: an upstream reply over DefaultMaxReplyBytes. It is
-// reported as an error, never forwarded truncated.
-var errReplyTooLarge = fmt.Errorf("upstream reply larger than %d bytes", DefaultMaxReplyBytes)
-
-// post sends payload to u. The reply body is read to its end (so the
-// keep-alive connection goes back to the transport's pool) into a pooled
-// buffer, which the caller must release.
-func (p *Proxy) post(ctx context.Context, u *upstream, payload []byte) (reply, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.HTTPURL, bytes.NewReader(payload))
-	if err != nil {
-		return reply{}, err
-	}
-	req.Header = upstreamHeader
-	resp, err := p.transport.RoundTrip(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	rep := reply{status: resp.StatusCode, body: replyPool.Get().(*bytes.Buffer)}
-	if n := resp.ContentLength; n > 0 && n <= DefaultMaxReplyBytes {
-		rep.body.Grow(int(n))
-	}
-	n, err := rep.body.ReadFrom(io.LimitReader(resp.Body, DefaultMaxReplyBytes+1))
-	if err == nil && n > DefaultMaxReplyBytes {
-		err = errReplyTooLarge
-	}
-	if err != nil {
-		rep.release()
-		return reply{}, err
-	}
-	switch resp.StatusCode {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		rep.release()
-		return reply{}, fmt.Errorf("%w: %s", errUpstreamStatus, resp.Status)
-	}
-	return rep, nil
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -24,6 +25,11 @@ type metrics struct {
 	replayReplies *prometheus.CounterVec // outcome: ok, error
 	dupHeads      prometheus.Counter
 	gapHeads      prometheus.Counter
+	denied        *prometheus.CounterVec // reason
+	coalesced     prometheus.Counter
+	cacheHits     prometheus.Counter
+	duration      *prometheus.HistogramVec // method, upstream (HTTP)
+	durCache      []atomic.Pointer[prometheus.Observer]
 
 	// reqCache holds the requests_total children already looked up, by
 	// (method index, upstream index, transport), so the hot path does not
@@ -56,11 +62,29 @@ func (m *metrics) request(method string, up, transport int) prometheus.Counter {
 	return c
 }
 
+// observe records the latency of an HTTP request that started at start.
+func (m *metrics) observe(method string, up int, start time.Time) {
+	d := time.Since(start).Seconds()
+	mi, ok := methodIndex[method]
+	if !ok {
+		mi = len(methodList)
+	}
+	slot := &m.durCache[mi*len(m.upNames)+up]
+	if o := slot.Load(); o != nil {
+		(*o).Observe(d)
+		return
+	}
+	o := m.duration.WithLabelValues(methodLabel(method), m.upNames[up])
+	slot.Store(&o)
+	o.Observe(d)
+}
+
 const ns = "steadfast_proxy"
 
-func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string) *metrics {
+func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string, cacheBytes func() int64) *metrics {
 	m := &metrics{
 		reqCache: make([]atomic.Pointer[prometheus.Counter], (len(methodList)+1)*len(upNames)*len(transportNames)),
+		durCache: make([]atomic.Pointer[prometheus.Observer], (len(methodList)+1)*len(upNames)),
 		upNames:  upNames,
 		reg:      prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
@@ -93,9 +117,21 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 		gapHeads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "gap_heads_filled_total",
 			Help: "newHeads notifications the proxy fetched from the new upstream to fill a gap after a switch."}),
 	}
+	m.denied = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "denied_requests_total",
+		Help: "Requests refused by policy, by reason (method, rate_limit, auth, logs_range, too_large)."},
+		[]string{"reason"})
+	m.coalesced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesced_requests_total",
+		Help: "HTTP reads answered by an identical upstream call already in flight."})
+	m.cacheHits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_hits_total",
+		Help: "HTTP reads answered from the cache of immutable results."})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+		Help:    "Time to answer HTTP requests that reached an upstream, by method and upstream.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"method", "upstream"})
 	m.reg.MustRegister(m.requests, m.requestErrors, m.retries, m.switches, m.wsSwitches,
 		m.queued, m.dropped, m.replayed, m.replayReplies, m.dupHeads, m.gapHeads,
-		&statusCollector{g: g})
+		m.denied, m.coalesced, m.cacheHits, m.duration, &statusCollector{g: g},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_bytes",
+			Help: "Bytes held by the cache of immutable results."}, func() float64 { return float64(cacheBytes()) }))
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
 	}
@@ -107,6 +143,9 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 	// Make the dropped and error series exist at 0 so dashboards and tests
 	// see them before the first event.
 	m.dropped.WithLabelValues(dropClientGone)
+	for _, r := range []string{denyMethod, denyRateLimit, denyAuth, denyLogsRange, denyTooLarge} {
+		m.denied.WithLabelValues(r)
+	}
 	return m
 }
 

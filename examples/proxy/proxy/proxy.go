@@ -11,6 +11,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +22,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -49,10 +52,15 @@ const (
 	DefaultGapFill       = 64
 	DefaultMaxInFlight   = 10000
 	DefaultMaxSubs       = 1000
+	DefaultMaxBatch      = 1000
+	DefaultMaxLogsRange  = 10000
+	DefaultCacheBytes    = 64 << 20
 )
 
 // Upstream names one execution node: HTTP and WebSocket JSON-RPC URLs
-// (http:// or https://, ws:// or wss://). A plain value.
+// (http:// or https://, ws:// or wss://). WSURL may be empty for an
+// HTTP-only node: WebSocket clients are then served by the others. A
+// plain value.
 type Upstream struct {
 	Name    string
 	HTTPURL string
@@ -94,6 +102,29 @@ type Config struct {
 	// GapFill is how many missed newHeads a session fetches from the new
 	// upstream after a switch (0: DefaultGapFill; negative: none).
 	GapFill int
+	// AllowMethods lists the methods clients may call; nil means
+	// DefaultAllowMethods, "default" in the list stands for it, and "*"
+	// allows everything. Others get CodeMethodNotFound.
+	AllowMethods []string
+	// RateLimit is requests per second per client (by bearer token when
+	// AuthTokens is set, else by remote IP), with bursts of RateBurst
+	// (0: RateLimit); 0 means unlimited. A batch counts each element.
+	RateLimit float64
+	RateBurst int
+	// AuthTokens, when not empty, makes every request (HTTP and the
+	// WebSocket upgrade) need "Authorization: Bearer <one of them>".
+	AuthTokens []string
+	// MaxBodyBytes bounds a request body (DefaultMaxBodyBytes), MaxBatch
+	// the elements of a batch (DefaultMaxBatch), MaxLogsRange the blocks
+	// one eth_getLogs may span (DefaultMaxLogsRange; negative: no limit).
+	MaxBodyBytes int64
+	MaxBatch     int
+	MaxLogsRange int64
+	// CacheBytes bounds the cache of immutable answers (DefaultCacheBytes;
+	// negative: no cache). NoCoalesce turns off sharing one upstream call
+	// among identical in-flight reads.
+	CacheBytes int64
+	NoCoalesce bool
 	// Logger receives structured logs (slog.Default() when nil).
 	Logger *slog.Logger
 	// OnSwitch, if set, is called (from one goroutine, in order) whenever
@@ -116,6 +147,9 @@ func (c *Config) setDefaults() error {
 		seen[u.Name] = true
 		if err := checkURL(u.HTTPURL, "http", "https"); err != nil {
 			return fmt.Errorf("proxy: upstream %q: HTTP URL: %w", u.Name, err)
+		}
+		if u.WSURL == "" {
+			continue // HTTP only
 		}
 		if err := checkURL(u.WSURL, "ws", "wss"); err != nil {
 			return fmt.Errorf("proxy: upstream %q: WebSocket URL: %w", u.Name, err)
@@ -157,6 +191,30 @@ func (c *Config) setDefaults() error {
 	if c.GapFill == 0 {
 		c.GapFill = DefaultGapFill
 	}
+	return c.setLimitDefaults()
+}
+
+func (c *Config) setLimitDefaults() error {
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.MaxLogsRange == 0 {
+		c.MaxLogsRange = DefaultMaxLogsRange
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = DefaultCacheBytes
+	}
+	if c.MaxBodyBytes < 0 || c.MaxBatch < 0 || c.RateLimit < 0 || c.RateBurst < 0 {
+		return errors.New("proxy: limits must not be negative")
+	}
+	for _, t := range c.AuthTokens {
+		if t == "" {
+			return errors.New("proxy: empty auth token")
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -183,6 +241,7 @@ func checkURL(s string, schemes ...string) error {
 type upstream struct {
 	Upstream
 	index int
+	epoch atomic.Pointer[epoch] // see forward.go
 }
 
 // Proxy is the JSON-RPC proxy. It is safe for concurrent use; there is no
@@ -205,7 +264,20 @@ type Proxy struct {
 	// http.Client's per-request header copying and redirect handling (a
 	// proxy passes a 3xx through rather than following it).
 	transport *http.Transport
-	m         *metrics
+	// writeTransport carries requests that are not safe to repeat, each on
+	// a connection of its own (see transportFor).
+	writeTransport *http.Transport
+	m              *metrics
+
+	allow  allowList
+	tokens [][sha256.Size]byte
+	limit  *limiter
+	cache  *resultCache
+	flight *singleflight.Group // nil with NoCoalesce
+	// head is the highest block number the proxy has seen (checks and
+	// relayed answers); finalized the highest finalized block an upstream
+	// reported. Both only grow.
+	head, finalized atomic.Uint64
 
 	ctx    context.Context // cancelled by Close; sessions derive from it
 	cancel context.CancelFunc
@@ -222,16 +294,24 @@ func New(cfg Config) (*Proxy, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{})}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns = 1024
-	tr.MaxIdleConnsPerHost = 256
-	tr.IdleConnTimeout = 90 * time.Second
-	tr.DisableCompression = true // loopback/LAN: gzip costs more CPU than it saves
-	p.transport = tr
-	p.client = &http.Client{Transport: tr}
+	p := &Proxy{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}),
+		allow: newAllowList(cfg.AllowMethods), limit: newLimiter(cfg.RateLimit, cfg.RateBurst),
+		cache: newResultCache(cfg.CacheBytes)}
+	for _, t := range cfg.AuthTokens {
+		p.tokens = append(p.tokens, sha256.Sum256([]byte(t)))
+	}
+	if !cfg.NoCoalesce {
+		p.flight = new(singleflight.Group)
+	}
+	p.transport = newTransport(cfg.RequestTimeout)
+	p.writeTransport = newTransport(cfg.RequestTimeout)
+	p.writeTransport.DisableKeepAlives = true
+	p.client = &http.Client{Transport: p.transport}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	for i, u := range cfg.Upstreams {
-		p.ups = append(p.ups, &upstream{Upstream: u, index: i})
+		up := &upstream{Upstream: u, index: i}
+		up.epoch.Store(p.newEpoch())
+		p.ups = append(p.ups, up)
 	}
 	opts := []failover.Option{failover.WithInterval(cfg.CheckInterval), failover.WithTimeout(cfg.CheckTimeout)}
 	if cfg.MaxLag > 0 {
@@ -252,19 +332,67 @@ func New(cfg Config) (*Proxy, error) {
 	for i, u := range p.ups {
 		names[i] = u.Name
 	}
-	p.m = newMetrics(g, p.sessionStats, names)
-	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.m = newMetrics(g, p.sessionStats, names, p.cache.bytes)
 	changes, stop := g.Subscribe()
 	p.wg.Go(func() {
 		defer stop()
 		p.watchChanges(changes)
 	})
+	if p.cache != nil {
+		p.wg.Go(p.watchFinalized)
+	}
 	return p, nil
+}
+
+// newTransport is the upstream HTTP transport: many keep-alive connections
+// per host (a proxy is one client standing for many), no compression
+// (loopback and LAN: gzip costs more CPU than it saves), HTTP/1.1 only,
+// and the request timeout as ResponseHeaderTimeout, so no request needs a
+// timer of its own.
+func newTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          2048,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		WriteBufferSize:       16 << 10,
+		ReadBufferSize:        16 << 10,
+	}
+}
+
+// watchFinalized asks the selected upstream for its finalized block every
+// few check intervals: answers about blocks up to it can be cached.
+func (p *Proxy) watchFinalized() {
+	t := time.NewTicker(4 * p.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		u, _ := p.group.Pick()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.CheckTimeout)
+		raw, err := p.call(ctx, u, "eth_getBlockByNumber", []any{"finalized", false})
+		cancel()
+		if err == nil {
+			if n, ok := blockNumberOf(raw); ok {
+				raiseTo(&p.finalized, n)
+			}
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // check is the failover health check: eth_blockNumber over HTTP.
 func (p *Proxy) check(ctx context.Context, u *upstream) (failover.Health, error) {
 	head, err := p.blockNumber(ctx, u)
+	if err == nil {
+		raiseTo(&p.head, head)
+	}
 	return failover.Health{Head: head}, err
 }
 
@@ -369,6 +497,7 @@ func (p *Proxy) watchChanges(changes <-chan failover.Change[*upstream]) {
 		from := "none"
 		if c.FromIndex >= 0 {
 			from = c.From.Name
+			p.leave(c.From)
 		}
 		p.log.Info("upstream selection changed", "from", from, "to", c.To.Name, "reason", c.Reason.String())
 		if p.cfg.OnSwitch != nil {
@@ -398,6 +527,16 @@ func (p *Proxy) sessionStats() (clients, subs, queued int) {
 		queued += q
 	}
 	return len(ss), subs, queued
+}
+
+// hasWS reports whether any upstream takes WebSocket connections.
+func (p *Proxy) hasWS() bool {
+	for _, u := range p.ups {
+		if u.WSURL != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Registry returns the proxy's own Prometheus registry (served at
@@ -465,14 +604,6 @@ func (p *Proxy) reportFailure(i int, err error) {
 }
 
 // isConnError reports whether err means the upstream could not be reached
-// or dropped the connection (as opposed to answering with an error).
-func isConnError(err error) bool {
-	if err == nil {
-		return false
-	}
-	var ne net.Error
-	var oe *net.OpError
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.As(err, &oe) || errors.As(err, &ne)
-}
+// or dropped the connection (as opposed to answering with an error): the
+// library's one transport-failure rule, internal/neterr.
+func isConnError(err error) bool { return neterr.IsTransport(err) }

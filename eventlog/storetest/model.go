@@ -1,4 +1,4 @@
-package eventlog_test
+package storetest
 
 import (
 	"context"
@@ -20,14 +20,29 @@ type modelStream struct {
 	deleted bool
 }
 
+// logModel drives one Log and checks every answer against plain streams.
+// Each rapid case uses stream ids of its own (ids), so cases can share one
+// store: opening a PostgreSQL database per case would be too slow.
 type logModel struct {
 	log       *eventlog.Log
 	maxEvents int
+	ids       []string // sorted
 	streams   map[string]*modelStream
 	counter   int
 }
 
-var modelIDs = []string{"a", "b", "c"}
+// modelAt returns the cursor of seq in the Log's current epoch.
+func modelAt(t *rapid.T, l *eventlog.Log, seq uint64) eventlog.Cursor {
+	return eventlog.Cursor{Epoch: modelEpoch(t, l), Seq: seq}
+}
+
+func modelEpoch(t *rapid.T, l *eventlog.Log) string {
+	e, err := l.Epoch(context.Background())
+	if err != nil {
+		t.Fatalf("Epoch: %v", err)
+	}
+	return e
+}
 
 func (m *logModel) first(s *modelStream) uint64 {
 	head := uint64(len(s.data))
@@ -50,7 +65,7 @@ func (m *logModel) expectEvents(t *rapid.T, got []eventlog.Event, s *modelStream
 }
 
 func (m *logModel) append(t *rapid.T) {
-	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	id := rapid.SampledFrom(m.ids).Draw(t, "stream")
 	m.counter++
 	data := fmt.Sprintf("%s#%d", id, m.counter)
 	cur, err := m.log.Append(context.Background(), id, []byte(data))
@@ -75,13 +90,13 @@ func (m *logModel) append(t *rapid.T) {
 		m.streams[id] = s
 	}
 	s.data = append(s.data, data)
-	if want := at(m.log, uint64(len(s.data))); cur != want {
+	if want := modelAt(t, m.log, uint64(len(s.data))); cur != want {
 		t.Fatalf("Append(%q) = %v, want %v", id, cur, want)
 	}
 }
 
 func (m *logModel) setState(t *rapid.T) {
-	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	id := rapid.SampledFrom(m.ids).Draw(t, "stream")
 	st := eventlog.State(rapid.IntRange(int(eventlog.Created), int(eventlog.Ended)).Draw(t, "state"))
 	err := m.log.SetState(context.Background(), id, st)
 	s := m.streams[id]
@@ -108,7 +123,7 @@ func (m *logModel) setState(t *rapid.T) {
 }
 
 func (m *logModel) readAfter(t *rapid.T) {
-	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	id := rapid.SampledFrom(m.ids).Draw(t, "stream")
 	s := m.streams[id]
 	var head uint64
 	if s != nil {
@@ -143,17 +158,17 @@ func (m *logModel) readAfter(t *rapid.T) {
 }
 
 func (m *logModel) replay(t *rapid.T) {
-	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	id := rapid.SampledFrom(m.ids).Draw(t, "stream")
 	s := m.streams[id]
 	var head uint64
 	if s != nil {
 		head = uint64(len(s.data))
 	}
-	epoch := rapid.SampledFrom([]string{epochOf(m.log), "stale0epoch", ""}).Draw(t, "epoch")
+	epoch := rapid.SampledFrom([]string{modelEpoch(t, m.log), "stale0epoch", ""}).Draw(t, "epoch")
 	from := eventlog.Cursor{Epoch: epoch, Seq: rapid.Uint64Range(0, head+2).Draw(t, "seq")}
 	gapCap := rapid.IntRange(1, 10).Draw(t, "cap")
 	res, err := m.log.Replay(context.Background(), id, from, gapCap)
-	headC := at(m.log, head)
+	headC := modelAt(t, m.log, head)
 	if s != nil && s.deleted {
 		if !errors.Is(err, eventlog.ErrStreamDeleted) {
 			t.Fatalf("Replay(deleted %q) err %v", id, err)
@@ -166,7 +181,7 @@ func (m *logModel) replay(t *rapid.T) {
 		}
 		return
 	}
-	if !from.IsZero() && from.Epoch != epochOf(m.log) {
+	if !from.IsZero() && from.Epoch != modelEpoch(t, m.log) {
 		if err != nil || res.Outcome != eventlog.Unrecoverable || res.Reason != eventlog.WrongEpoch || res.Resume != headC {
 			t.Fatalf("Replay(%v) = %+v, %v; want Unrecoverable/WrongEpoch", from, res, err)
 		}
@@ -181,6 +196,13 @@ func (m *logModel) replay(t *rapid.T) {
 	if err != nil {
 		t.Fatalf("Replay(%v): %v", from, err)
 	}
+	m.checkReplay(t, s, from, gapCap, res)
+}
+
+// checkReplay checks a successful Replay of s from a cursor of this epoch.
+func (m *logModel) checkReplay(t *rapid.T, s *modelStream, from eventlog.Cursor, gapCap int, res eventlog.Result) {
+	head := uint64(len(s.data))
+	headC := modelAt(t, m.log, head)
 	if res.Head != headC || res.Resume != headC {
 		if !(res.Outcome == eventlog.Events && res.Resume.Seq == from.Seq+uint64(len(res.Events))) {
 			t.Fatalf("Replay(%v) head/resume = %v/%v, head is %v", from, res.Head, res.Resume, headC)
@@ -205,7 +227,7 @@ func (m *logModel) replay(t *rapid.T) {
 }
 
 func (m *logModel) check(t *rapid.T) {
-	for _, id := range modelIDs {
+	for _, id := range m.ids {
 		s := m.streams[id]
 		head, err := m.log.Head(context.Background(), id)
 		st, serr := m.log.State(context.Background(), id)
@@ -221,7 +243,7 @@ func (m *logModel) check(t *rapid.T) {
 			}
 			continue
 		}
-		if err != nil || head != at(m.log, uint64(len(s.data))) {
+		if err != nil || head != modelAt(t, m.log, uint64(len(s.data))) {
 			t.Fatalf("Head(%q) = %v, %v; want seq %d", id, head, err, len(s.data))
 		}
 		if serr != nil || st != s.state {
@@ -232,12 +254,18 @@ func (m *logModel) check(t *rapid.T) {
 		}
 	}
 	var want []eventlog.StreamInfo
-	for _, id := range modelIDs { // sorted
+	for _, id := range m.ids { // sorted
 		if s := m.streams[id]; s != nil && !s.deleted {
 			want = append(want, eventlog.StreamInfo{ID: id, State: s.state})
 		}
 	}
-	got, err := m.log.Streams(context.Background(), nil)
+	all, err := m.log.Streams(context.Background(), nil)
+	var got []eventlog.StreamInfo
+	for _, si := range all {
+		if slices.Contains(m.ids, si.ID) {
+			got = append(got, si)
+		}
+	}
 	if err != nil || !slices.Equal(got, want) {
 		t.Fatalf("Streams = %v, %v; want %v", got, err, want)
 	}
@@ -246,7 +274,7 @@ func (m *logModel) check(t *rapid.T) {
 // deleteStream deletes a stream: rare, so that streams live long enough to
 // exercise the rest.
 func (m *logModel) deleteStream(t *rapid.T) {
-	id := rapid.SampledFrom(modelIDs).Draw(t, "stream")
+	id := rapid.SampledFrom(m.ids).Draw(t, "stream")
 	if !rapid.Bool().Draw(t, "really") || !rapid.Bool().Draw(t, "really2") {
 		return
 	}
@@ -270,18 +298,29 @@ func (m *logModel) deleteStream(t *rapid.T) {
 	}
 }
 
-// TestLogModel drives a Log with random appends, state changes, reads and
-// replays (cursors from this epoch, stale epochs, far behind, at and past
-// head, before retention) and checks every answer against a plain model.
-func TestLogModel(t *testing.T) {
+// testModel drives a Log on the store with random appends, state changes,
+// reads, replays (cursors from this epoch, stale epochs, far behind, at and
+// past head, before retention) and deletes, and checks every answer against
+// a plain model of the streams.
+func testModel(t *testing.T, f Factory) {
+	sizes := []int{1, 3, 12}
+	logs := map[int]*eventlog.Log{}
+	for _, n := range sizes {
+		l := eventlog.New(eventlog.WithStore(open(t, f, eventlog.Retention{MaxEvents: n})))
+		t.Cleanup(func() { l.Close() })
+		logs[n] = l
+	}
+	cases := 0
 	rapid.Check(t, func(t *rapid.T) {
-		maxEvents := rapid.IntRange(1, 12).Draw(t, "maxEvents")
+		cases++
+		maxEvents := rapid.SampledFrom(sizes).Draw(t, "maxEvents")
+		p := fmt.Sprintf("m%d-", cases)
 		m := &logModel{
-			log:       eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: maxEvents})),
+			log:       logs[maxEvents],
 			maxEvents: maxEvents,
+			ids:       []string{p + "a", p + "b", p + "c"},
 			streams:   map[string]*modelStream{},
 		}
-		defer m.log.Close()
 		t.Repeat(map[string]func(*rapid.T){
 			"append":    m.append,
 			"setState":  m.setState,

@@ -1,0 +1,322 @@
+package proxy
+
+// Subscriptions of a WebSocket session and their id mapping: the client
+// keeps the ids the proxy gave it, whatever upstream serves them.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+
+	"github.com/coder/websocket"
+
+	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
+	"github.com/steadfast-go/steadfast/replayqueue"
+)
+
+// subscription is a client subscription, under the id the client knows.
+type subscription struct {
+	id     string
+	kind   string
+	params json.RawMessage
+	// newHeads: what the client has received, for duplicate suppression
+	// and gap filling.
+	heads headTracker
+}
+
+func (s *session) clientUnsubscribe(m *jsonrpc.Message, b *batchReply) {
+	var ids []string
+	if err := json.Unmarshal(m.Params, &ids); err != nil || len(ids) != 1 {
+		e := &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "eth_unsubscribe expects [subscriptionId]"}
+		s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
+		return
+	}
+	c := ids[0]
+	s.mu.Lock()
+	if s.subs[c] == nil {
+		s.mu.Unlock()
+		e := &jsonrpc.Error{Code: -32000, Message: "subscription not found"}
+		s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
+		return
+	}
+	delete(s.subs, c)
+	var curUp string
+	type orphan struct {
+		x  *upConn
+		up string
+	}
+	var others []orphan
+	for x := range s.conns {
+		for up, cid := range x.subs {
+			if cid != c {
+				continue
+			}
+			delete(x.subs, up)
+			if x == s.cur {
+				curUp = up
+			} else {
+				others = append(others, orphan{x, up})
+			}
+		}
+		delete(x.fresh, c)
+	}
+	q := s.q
+	s.mu.Unlock()
+	q.RemoveReplay(c)
+	for _, o := range others {
+		s.unsubscribeInternal(o.x, o.up)
+	}
+	if curUp == "" || m.ID == nil {
+		// Not subscribed upstream right now (mid-switch): the replay set no
+		// longer has it, so it will not come back. Answer here.
+		if m.HasID() {
+			s.answer(b, jsonrpc.Response(m.ID, json.RawMessage("true")), 0)
+		} else if b != nil {
+			s.answer(b, nil, 0)
+		}
+		return
+	}
+	params, _ := json.Marshal([]string{curUp})
+	s.send(&pendingReq{clientID: m.ID, method: m.Method, params: params, batch: b, unsubOf: c})
+}
+
+// unsubscribeInternal drops an upstream subscription nobody wants any
+// more, on connection x, bypassing the queue (x may be an old connection).
+// Its reply is consumed here.
+func (s *session) unsubscribeInternal(x *upConn, up string) {
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	req := &pendingReq{upID: id, method: "eth_unsubscribe", internal: func(*upConn, *jsonrpc.Message) {}}
+	req.sentOn.Store(x) // so detach(x) forgets it if no reply comes
+	s.pending[id] = req
+	s.mu.Unlock()
+	params, _ := json.Marshal([]string{up})
+	ctx, cancel := context.WithTimeout(s.ctx, upstreamWriteTimeout)
+	err := x.c.Write(ctx, websocket.MessageText, encodeRequest(id, "eth_unsubscribe", params))
+	cancel()
+	if err != nil {
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+	}
+}
+
+func newSubID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "0x" + hex.EncodeToString(b[:])
+}
+
+// onSubscribeReply turns the reply to a client's eth_subscribe into a
+// subscription with a proxy id that survives switches.
+func (s *session) onSubscribeReply(x *upConn, id uint64, m *jsonrpc.Message) {
+	s.switchMu.RLock() // no Connect while the replay set and the maps change
+	defer s.switchMu.RUnlock()
+	s.mu.Lock()
+	req := s.pending[id]
+	delete(s.pending, id)
+	if req == nil {
+		s.mu.Unlock()
+		return
+	}
+	var up string
+	if m.Error != nil || json.Unmarshal(m.Result, &up) != nil || up == "" {
+		s.answerLocked(req.batch, replyFor(req.clientID, m), 0)
+		s.mu.Unlock()
+		return
+	}
+	var kind string
+	var ps []json.RawMessage
+	if json.Unmarshal(req.params, &ps) == nil && len(ps) > 0 {
+		_ = json.Unmarshal(ps[0], &kind)
+	}
+	sub := &subscription{id: newSubID(), kind: kind, params: req.params}
+	s.subs[sub.id] = sub
+	x.subs[up] = sub.id
+	current := s.cur == x
+	s.mu.Unlock()
+
+	if err := s.q.AddReplay(sub.id, s.replayBuilder(sub), s.replayReply(sub.id)); err != nil {
+		s.log.Warn("subscription not replayable", "err", err)
+	}
+	if !current {
+		// Defensive: switches claim in-flight subscribes before Connect, so
+		// a reply should not arrive on a connection that is no longer the
+		// queue's. If it does, the next Connect replays it.
+		s.log.Debug("subscribe reply on a non-current upstream connection", "upstream", x.u.Name)
+	}
+	s.mu.Lock()
+	s.answerLocked(req.batch, jsonrpc.Response(req.clientID, mustJSON(sub.id)), 0)
+	s.mu.Unlock()
+}
+
+func mustJSON(v string) json.RawMessage {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+func (s *session) replayBuilder(sub *subscription) func(replayqueue.ReplayID) *frame {
+	return func(id replayqueue.ReplayID) *frame {
+		b := make([]byte, 0, 96+len(sub.params))
+		b = append(b, `{"jsonrpc":"2.0","id":"`...)
+		b = append(b, id.String()...)
+		b = append(b, `","method":"eth_subscribe","params":`...)
+		b = append(b, sub.params...)
+		b = append(b, '}')
+		return &frame{data: b, replay: true}
+	}
+}
+
+func (s *session) replayReply(clientSub string) func(replayqueue.Reply[*frame]) {
+	return func(r replayqueue.Reply[*frame]) {
+		if r.Err != nil {
+			s.p.m.replayReplies.WithLabelValues("error").Inc()
+			if errors.Is(r.Err, replayqueue.ErrReplayTimeout) {
+				// The upstream stayed connected but never confirmed: the
+				// subscription is silent until the next switch replays it.
+				s.log.Warn("replayed subscription not confirmed in time", "sub", clientSub, "err", r.Err)
+			} else {
+				s.log.Debug("replayed subscription got no reply", "sub", clientSub, "err", r.Err)
+			}
+			return
+		}
+		x, m := r.Value.conn, r.Value.msg
+		var up string
+		if m.Error != nil || json.Unmarshal(m.Result, &up) != nil || up == "" {
+			s.p.m.replayReplies.WithLabelValues("error").Inc()
+			s.log.Warn("upstream refused a replayed subscription", "upstream", x.u.Name, "sub", clientSub, "err", m.Error)
+			x.replaysOK.Add(1) // answered: do not hold a planned switch for it
+			return
+		}
+		s.p.m.replayReplies.WithLabelValues("ok").Inc()
+		s.p.m.replayed.Inc()
+		s.mu.Lock()
+		_, alive := s.subs[clientSub]
+		if alive {
+			x.subs[up] = clientSub
+		}
+		s.mu.Unlock()
+		x.replaysOK.Add(1)
+		if !alive { // the client unsubscribed meanwhile
+			s.unsubscribeInternal(x, up)
+		}
+	}
+}
+
+type headFields struct {
+	Number string `json:"number"`
+	Hash   string `json:"hash"`
+}
+
+func (s *session) onNotification(x *upConn, m *jsonrpc.Message) {
+	var params struct {
+		Subscription string          `json:"subscription"`
+		Result       json.RawMessage `json:"result"`
+	}
+	if err := json.Unmarshal(m.Params, &params); err != nil {
+		s.log.Warn("bad notification from upstream", "upstream", x.u.Name, "err", err)
+		return
+	}
+	s.mu.Lock()
+	cid, ok := x.subs[params.Subscription]
+	sub := s.subs[cid]
+	if !ok || sub == nil {
+		s.mu.Unlock()
+		return // a subscription the client dropped; its upstream side is being removed
+	}
+	if sub.kind != "newHeads" {
+		s.writeLocked(notification(cid, params.Result))
+		s.mu.Unlock()
+		return
+	}
+	var h headFields
+	_ = json.Unmarshal(params.Result, &h)
+	num, err := strconv.ParseUint(trim0x(h.Number), 16, 64)
+	if err != nil {
+		s.writeLocked(notification(cid, params.Result))
+		s.mu.Unlock()
+		return
+	}
+	var gapFrom uint64
+	var fill bool
+	if x.fresh[cid] {
+		delete(x.fresh, cid)
+		gapFrom, fill = sub.heads.gap(num, s.p.cfg.GapFill)
+	}
+	s.mu.Unlock()
+
+	var filled []json.RawMessage
+	if fill {
+		filled = s.fetchHeads(x.u, gapFrom, num-1)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subs[cid] == nil {
+		return
+	}
+	for _, hdr := range filled {
+		var fh headFields
+		if json.Unmarshal(hdr, &fh) != nil {
+			continue
+		}
+		if n, err := strconv.ParseUint(trim0x(fh.Number), 16, 64); err == nil && s.deliverHeadLocked(sub, n, fh.Hash, hdr) {
+			s.p.m.gapHeads.Inc()
+		}
+	}
+	s.deliverHeadLocked(sub, num, h.Hash, params.Result)
+}
+
+// deliverHeadLocked forwards a head unless the client already has that
+// block hash at that height.
+func (s *session) deliverHeadLocked(sub *subscription, num uint64, hash string, result json.RawMessage) bool {
+	if !sub.heads.accept(num, hash) {
+		s.p.m.dupHeads.Inc()
+		return false
+	}
+	s.writeLocked(notification(sub.id, result))
+	return true
+}
+
+func trim0x(s string) string {
+	if len(s) > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X') {
+		return s[2:]
+	}
+	return "!"
+}
+
+func notification(sub string, result json.RawMessage) []byte {
+	return jsonrpc.AppendNotification(make([]byte, 0, 96+len(sub)+len(result)), sub, result)
+}
+
+// fetchHeads gets blocks from..to from u as newHeads-shaped headers, to
+// fill the gap a switch left. Errors end the fill early (logged).
+func (s *session) fetchHeads(u *upstream, from, to uint64) []json.RawMessage {
+	var out []json.RawMessage
+	for n := from; n <= to; n++ {
+		ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.CheckTimeout*2)
+		raw, err := s.p.call(ctx, u, "eth_getBlockByNumber", []any{"0x" + strconv.FormatUint(n, 16), false})
+		cancel()
+		if err != nil || string(raw) == "null" {
+			s.log.Warn("could not fill a newHeads gap", "upstream", u.Name, "block", n, "err", err)
+			return out
+		}
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(raw, &fields) != nil {
+			return out
+		}
+		for _, k := range []string{"transactions", "uncles", "withdrawals", "size", "totalDifficulty"} {
+			delete(fields, k)
+		}
+		b, err := json.Marshal(fields)
+		if err != nil {
+			return out
+		}
+		out = append(out, b)
+	}
+	return out
+}
