@@ -238,3 +238,54 @@ func TestBinaryReplicasFollowerForwardsControl(t *testing.T) {
 		t.Fatal("the follower took the leadership; the test did not forward")
 	}
 }
+
+// Sends racing on both replicas, each key sent to both: every key is stored
+// once, every message runs once, in stream order, and each sender's
+// accepted messages keep their order.
+func TestBinaryReplicasConcurrentSendsRunOnceInOrder(t *testing.T) {
+	db := testDatabase(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	args := []string{"-db", db, "-typing-delay", "1ms"}
+	a := startProc(t, addrA, args...)
+	waitLog(t, a, "this replica leads")
+	startProc(t, addrB, args...)
+	bases := []string{"http://" + addrA, "http://" + addrB}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	id, err := client.CreateSession(t.Context(), hc, bases[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, evs := followSession(t, bases[1], id)
+	const senders, perSender = 4, 10
+	accepted := make([][]string, senders)
+	done := make(chan struct{})
+	for s := range senders {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range perSender {
+				key, text := fmt.Sprintf("s%d-%d", s, i), fmt.Sprintf("sender %d message %d", s, i)
+				first, _ := send(hc, bases[(s+i)%2], id, key, text)
+				second, _ := send(hc, bases[(s+i+1)%2], id, key, text) // the same key on the other replica
+				if first != http.StatusAccepted || (second != http.StatusAccepted && second != http.StatusConflict) {
+					t.Errorf("%s: %d then %d", key, first, second)
+					return
+				}
+				accepted[s] = append(accepted[s], key)
+			}
+		}()
+	}
+	for range senders {
+		<-done
+	}
+	total := senders * perSender
+	evs.waitFor(t, "every message answered", func(e []client.Event) bool { return count(e, server.TypeDone) >= total })
+	want := fullHistory(t, c)
+	if n := count(want, server.TypeUser); n != total {
+		t.Fatalf("%d user events stored for %d keys", n, total)
+	}
+	for s := range senders {
+		if _, err := verify.Answered(want, accepted[s], verify.SimulatorReply); err != nil {
+			t.Fatalf("sender %d: %v", s, err)
+		}
+	}
+}

@@ -608,7 +608,7 @@ func (s *Server) work(runCtx context.Context, sess *session) {
 		if msg.restart {
 			// The half reply a client may have seen is void: say so before
 			// the new one starts.
-			s.append(sess, TypeRestarted, ReplyEvent{ReplyTo: msg.Key, Reason: "the reply was cut short by a server restart; running it again"})
+			s.append(sess, TypeRestarted, ReplyEvent{ReplyTo: msg.Key, Reason: "the reply was cut short (a crash, a deploy or a replica taking over); running it again"})
 		}
 		final := s.execute(ctx, sess, msg.UserEvent)
 		cancel(nil)

@@ -204,7 +204,9 @@ func (s *Server) electOnce(conn *pgx.Conn) (*pgx.Conn, error) {
 		}
 	}
 	if s.sh.leader.Load() {
-		if err := conn.Ping(ctx); err != nil {
+		pctx, pcancel := context.WithTimeout(ctx, time.Second) // the split-brain window: keep it short
+		defer pcancel()
+		if err := conn.Ping(pctx); err != nil {
 			s.stepDown("lost the database connection")
 			conn.Close(context.Background())
 			return nil, err
