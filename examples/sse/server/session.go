@@ -196,6 +196,12 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	}
 	if st != eventlog.Ended && len(open) > 0 && s.runCtx() != nil {
 		sess.mu.Lock()
+		if st == eventlog.Created || st == eventlog.Detached {
+			// A session with a reply to run is active (and synced) again.
+			if err := s.setState(sess, eventlog.Active, "resumed"); err != nil {
+				s.lg.Warn("resume: set active", "session", id, "err", err)
+			}
+		}
 		sess.queue = append(open, sess.queue...)
 		s.startWorker(sess)
 		sess.mu.Unlock()
