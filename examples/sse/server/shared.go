@@ -39,11 +39,15 @@ import (
 // that loses its connection steps down at once and cancels its replies
 // (they stay queued in the log).
 
-// Advisory lock keys (two-int form: namespace, key).
+// Advisory lock keys, in the two-int form (namespace, key): a session's
+// lock is (lockNamespace, hashtext(id)), the leader's (leaderNS,
+// leaderLockKey); lockNamespace with key 0 also guards the creation of the
+// sse_leader table. pgstore's own lock is in the one-bigint form, a
+// separate key space.
 const (
 	lockNamespace = 0x55e
-	leaderLockKey = -1 // sessions use hashtext(id), which can be any int4; the leader uses its own namespace below
 	leaderNS      = 0x55f
+	leaderLockKey = 1
 )
 
 // electInterval is how often a follower tries to become leader and the
