@@ -41,7 +41,7 @@ func binary(t *testing.T) string {
 		}
 		binDirs = append(binDirs, binDir)
 		binPath = filepath.Join(binDir, "sse")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.Command("go", append(append([]string{"build"}, buildFlags...), "-o", binPath, ".")...).CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -53,6 +53,9 @@ func binary(t *testing.T) string {
 }
 
 var binDirs []string
+
+// buildFlags are extra flags of the go build of the binary.
+var buildFlags []string
 
 // proc is one server process started by a test.
 type proc struct {
@@ -85,7 +88,12 @@ func startProc(t *testing.T, addr string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() { p.kill(t) })
+	t.Cleanup(func() {
+		p.kill(t)
+		if strings.Contains(p.log(), "WARNING: DATA RACE") {
+			t.Errorf("the server reported a data race:\n%s", p.log())
+		}
+	})
 	hc := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(waitLimit)
 	for {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -157,9 +158,11 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 		return count(e, server.TypeDone) >= 2 && e[len(e)-1].Type == server.TypeDelta
 	})
 	onA := len(accepted)
+	killed := time.Now()
 	a.kill(t)
 	lb.point(t, "http://"+addrB)
 	waitLog(t, b, "this replica leads")
+	takeover := time.Since(killed)
 	// B took over what A had accepted and not answered.
 	waitLog(t, b, "session queue resumed")
 	for i := range 3 {
@@ -186,5 +189,103 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 	if restarts < 1 {
 		t.Fatal("no reply was restarted: A was not killed mid-reply")
 	}
-	t.Logf("%d events, %d messages accepted on two replicas (%d before the kill), %d replies restarted after the kill", len(want), len(accepted), onA, restarts)
+	t.Logf("%d events, %d messages accepted on two replicas (%d before the kill), %d replies restarted after the kill; B led %v after the kill",
+		len(want), len(accepted), onA, restarts, takeover.Round(time.Millisecond))
+}
+
+// Stop and interrupt act on the running reply, which the leader runs: sent
+// to a follower they are forwarded to the leader and answered as it
+// answers. A message sent to the follower runs on the leader.
+func TestBinaryReplicasFollowerForwardsControl(t *testing.T) {
+	db := testDatabase(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	args := []string{"-db", db, "-typing-delay", "20ms"}
+	a := startProc(t, addrA, args...)
+	waitLog(t, a, "this replica leads")
+	b := startProc(t, addrB, args...)
+	baseB := "http://" + addrB
+	hc := &http.Client{Timeout: 10 * time.Second}
+	id, err := client.CreateSession(t.Context(), hc, baseB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, evs := followSession(t, baseB, id)
+	if code, fresh := send(hc, baseB, id, "long", "/long"); !fresh {
+		t.Fatalf("send to the follower: %d", code)
+	}
+	evs.waitFor(t, "the reply (run by the leader)", func(e []client.Event) bool { return count(e, server.TypeDelta) >= 3 })
+	post := func(path string) (int, string) {
+		resp, err := hc.Post(baseB+"/sessions/"+id+"/"+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := post("interrupt"); code != 200 || !strings.Contains(body, `"interrupted":true`) {
+		t.Fatalf("interrupt via the follower: %d %s", code, body)
+	}
+	evs.waitFor(t, "interrupted", func(e []client.Event) bool { return count(e, server.TypeInterrupted) == 1 })
+	if code, body := post("stop"); code != 200 || !strings.Contains(body, `"state":"ended"`) {
+		t.Fatalf("stop via the follower: %d %s", code, body)
+	}
+	evs.waitFor(t, "the end", func(e []client.Event) bool { return count(e, "end") == 1 })
+	if code, _ := send(hc, baseB, id, "late", "after the stop"); code != http.StatusConflict {
+		t.Fatalf("send after the stop: %d, want 409", code)
+	}
+	if strings.Contains(b.log(), "this replica leads") {
+		t.Fatal("the follower took the leadership; the test did not forward")
+	}
+}
+
+// Sends racing on both replicas, each key sent to both: every key is stored
+// once, every message runs once, in stream order, and each sender's
+// accepted messages keep their order.
+func TestBinaryReplicasConcurrentSendsRunOnceInOrder(t *testing.T) {
+	db := testDatabase(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	args := []string{"-db", db, "-typing-delay", "1ms"}
+	a := startProc(t, addrA, args...)
+	waitLog(t, a, "this replica leads")
+	startProc(t, addrB, args...)
+	bases := []string{"http://" + addrA, "http://" + addrB}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	id, err := client.CreateSession(t.Context(), hc, bases[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, evs := followSession(t, bases[1], id)
+	const senders, perSender = 4, 10
+	accepted := make([][]string, senders)
+	done := make(chan struct{})
+	for s := range senders {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range perSender {
+				key, text := fmt.Sprintf("s%d-%d", s, i), fmt.Sprintf("sender %d message %d", s, i)
+				first, _ := send(hc, bases[(s+i)%2], id, key, text)
+				second, _ := send(hc, bases[(s+i+1)%2], id, key, text) // the same key on the other replica
+				if first != http.StatusAccepted || (second != http.StatusAccepted && second != http.StatusConflict) {
+					t.Errorf("%s: %d then %d", key, first, second)
+					return
+				}
+				accepted[s] = append(accepted[s], key)
+			}
+		}()
+	}
+	for range senders {
+		<-done
+	}
+	total := senders * perSender
+	evs.waitFor(t, "every message answered", func(e []client.Event) bool { return count(e, server.TypeDone) >= total })
+	want := fullHistory(t, c)
+	if n := count(want, server.TypeUser); n != total {
+		t.Fatalf("%d user events stored for %d keys", n, total)
+	}
+	for s := range senders {
+		if _, err := verify.Answered(want, accepted[s], verify.SimulatorReply); err != nil {
+			t.Fatalf("sender %d: %v", s, err)
+		}
+	}
 }

@@ -81,6 +81,10 @@ func (f *fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.posts = append(f.posts, fmt.Sprintf("%s %d %s", kind, code, body))
 	f.mu.Unlock()
 	w.WriteHeader(code)
+	if code == http.StatusConflict {
+		io.WriteString(w, `{"error":"a send with this idempotency key is in progress","state":"in-progress"}`)
+		return
+	}
 	io.WriteString(w, `{}`)
 }
 
@@ -272,5 +276,44 @@ func TestSendsWaitWhileDisconnectedAndCapHolds(t *testing.T) {
 	case r := <-reports:
 		t.Fatalf("extra report %+v", r)
 	default:
+	}
+}
+
+// A retried send answered 409 "in-progress" (its original is queued or
+// running on the server) is delivered, not retried and not reported; one
+// answered 422 (the key was used for another text) is given up on and
+// reported, and the next send goes on.
+func TestSendInProgressIsDeliveredAndKeyReuseReported(t *testing.T) {
+	f, srv := newFake(t)
+	f.statuses["send"] = []int{409, 422}
+	reports := make(chan client.Report, 4)
+	c := newClient(t, srv.URL, reports)
+	var tks []*sendqueue.Ticket
+	for i := range 3 {
+		tk, err := c.SendKey(fmt.Sprintf("k%d", i), fmt.Sprintf("m%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tks = append(tks, tk)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c.Flush(ctx)
+	if tks[0].Status() != sendqueue.Delivered || tks[2].Status() != sendqueue.Delivered {
+		t.Fatalf("statuses %v %v, want delivered", tks[0].Status(), tks[2].Status())
+	}
+	if tks[1].Status() == sendqueue.Delivered {
+		t.Fatal("a send answered 422 counted as delivered")
+	}
+	select {
+	case r := <-reports:
+		if r.Key != "k1" {
+			t.Fatalf("report for %s, want k1", r.Key)
+		}
+	case <-ctx.Done():
+		t.Fatal("the 422 was not reported")
+	}
+	if got := len(f.postLog()); got != 3 {
+		t.Fatalf("%d posts, want 3 (no retry): %v", got, f.postLog())
 	}
 }

@@ -1,13 +1,13 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/steadfast-go/steadfast/eventlog"
 	"github.com/steadfast-go/steadfast/examples/sse/client"
@@ -88,7 +88,10 @@ func countTyped(evs []client.Event, typ string) int {
 // (202, Idempotency-Replayed: true, the same id) once it has an outcome,
 // and 422 for the key reused with another text.
 func TestSendIsIdempotentByKey(t *testing.T) {
-	r := start(t, server.Config{Agent: &server.Simulator{Delay: 20 * time.Millisecond}}, "")
+	// The reply waits for the gate, so every concurrent retry meets it in
+	// progress.
+	gate := make(chan struct{})
+	r := start(t, server.Config{Agent: gateAgent(gate)}, "")
 	hc := httpClient(t)
 	id := createSession(t, hc, r.url)
 	send := func(text string, hdr ...string) (int, string, map[string]any) {
@@ -130,6 +133,7 @@ func TestSendIsIdempotentByKey(t *testing.T) {
 			t.Fatalf("retry names %v, the original is %v", a.id, origID)
 		}
 	}
+	close(gate)
 	tr := newTranscript()
 	c, err := client.New(client.Config{BaseURL: r.url, Session: id, OnEvent: tr.add})
 	if err != nil {
@@ -370,5 +374,17 @@ func TestHistory(t *testing.T) {
 		if got[i].ID != all[i].ID || string(got[i].Data) != string(all[i].Data) {
 			t.Fatalf("history event %d = %+v, log %+v", i, got[i], all[i])
 		}
+	}
+}
+
+// gateAgent replies "ok" once gate is closed.
+type gateAgent chan struct{}
+
+func (g gateAgent) Reply(ctx context.Context, _ server.Request, emit func(string) error) error {
+	select {
+	case <-g:
+		return emit("ok")
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

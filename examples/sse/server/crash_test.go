@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/steadfast-go/steadfast/eventlog"
+	"github.com/steadfast-go/steadfast/eventlog/sqlitestore"
 	"github.com/steadfast-go/steadfast/examples/sse/client"
 	"github.com/steadfast-go/steadfast/examples/sse/internal/verify"
 	"github.com/steadfast-go/steadfast/examples/sse/server"
@@ -91,4 +94,91 @@ func TestCrashLoopAnswersEveryAcceptedMessageOnce(t *testing.T) {
 		t.Fatalf("%d accepted, at most %d queued unstarted at a stop: the test did not exercise the queue", len(accepted), maxUnstarted)
 	}
 	t.Logf("%d accepted messages, %d replies restarted, up to %d queued unstarted at a stop", len(accepted), restarts, maxUnstarted)
+}
+
+// longReply is the simulator's reply to "/long".
+func longReply(text string) string {
+	if text != "/long" {
+		return verify.SimulatorReply(text)
+	}
+	words := make([]string, 200)
+	for i := range words {
+		words[i] = fmt.Sprintf("word%d", i)
+	}
+	return strings.Join(words, " ")
+}
+
+// A reply still running at the end of the drain is canceled without an
+// outcome; after the restart it runs again, after one restarted event, and
+// the message queued behind it runs next.
+func TestDrainTimeoutRestartsTheCutReplyOnStart(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "events.db")
+	cfg := server.Config{DBPath: db, Drain: 50 * time.Millisecond, Agent: &server.Simulator{Delay: 2 * time.Millisecond}}
+	r := start(t, cfg, "")
+	addr := r.addr
+	hc := httpClient(t)
+	id := createSession(t, hc, r.url)
+	tr := newTranscript()
+	newClient(t, r.url, id, tr)
+	accepted := []string{"long", "after"}
+	if !postSend(hc, r.url, id, "long", "/long") || !postSend(hc, r.url, id, "after", "queued behind it") {
+		t.Fatal("sends not accepted")
+	}
+	tr.waitFor(t, "the long reply under way", func(evs []client.Event) bool { return countTyped(evs, server.TypeDelta) >= 5 })
+	r.stop() // 200 words at 2 ms do not fit in a 50 ms drain
+	mid := serverEventsOf(t, db, id)
+	if n := countTyped(mid, server.TypeDone) + countTyped(mid, server.TypeFailed); n != 0 {
+		t.Fatalf("%d outcomes stored at the end of the drain, want none (the reply restarts)", n)
+	}
+	r = start(t, cfg, addr)
+	tr.waitFor(t, "both answered", func(evs []client.Event) bool { return countTyped(evs, server.TypeDone) == 2 })
+	want := serverEvents(t, r.srv.Log(), id)
+	restarts, err := verify.Answered(want, accepted, longReply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restarts != 1 {
+		t.Fatalf("%d restarted events, want 1", restarts)
+	}
+}
+
+// serverEventsOf reads a session's events from a stopped server's SQLite
+// file (opening the store only: no server resumes anything).
+func serverEventsOf(t *testing.T, db, id string) []client.Event {
+	t.Helper()
+	st, err := sqlitestore.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := eventlog.New(eventlog.WithStore(st))
+	defer l.Close()
+	return serverEvents(t, l, id)
+}
+
+// blockAgent never answers until canceled: a server with it reads the log
+// without adding outcomes.
+type blockAgent struct{}
+
+func (blockAgent) Reply(ctx context.Context, _ server.Request, _ func(string) error) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// The pending cap counts accepted messages with no outcome yet, the
+// running one included: the next send is 429 and is not stored.
+func TestSendBeyondThePendingCapIs429(t *testing.T) {
+	r := start(t, server.Config{MaxPending: 3, Agent: blockAgent{}, Drain: -1}, "")
+	hc := httpClient(t)
+	id := createSession(t, hc, r.url)
+	for i := range 3 {
+		if !postSend(hc, r.url, id, fmt.Sprintf("k%d", i), "wait") {
+			t.Fatalf("send %d not accepted", i)
+		}
+	}
+	if res := call(t, hc, "POST", r.url+"/sessions/"+id+"/send", `{"text":"one too many","idempotency_key":"k3"}`); res.code != http.StatusTooManyRequests {
+		t.Fatalf("send beyond the cap: %d %s", res.code, res.raw)
+	}
+	if n := countTyped(serverEvents(t, r.srv.Log(), id), server.TypeUser); n != 3 {
+		t.Fatalf("%d user events stored, want 3", n)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -129,62 +130,14 @@ type Server struct {
 //
 // Errors: the SQLite store's (for example sqlitestore.ErrCorrupt).
 func New(cfg Config) (*Server, error) {
-	if cfg.GapCap <= 0 {
-		cfg.GapCap = DefaultGapCap
-	}
-	if cfg.MaxLag <= 0 {
-		cfg.MaxLag = DefaultMaxLag
-	}
-	if cfg.Heartbeat <= 0 {
-		cfg.Heartbeat = DefaultHeartbeat
-	}
-	if cfg.WriteTimeout <= 0 {
-		cfg.WriteTimeout = DefaultWriteTimeout
-	}
-	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = DefaultMaxPending
-	}
-	if cfg.RetryHint <= 0 {
-		cfg.RetryHint = DefaultRetryHint
-	}
-	if cfg.SyncInterval == 0 {
-		cfg.SyncInterval = DefaultSyncInterval
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.EndedRetention == 0 {
-		cfg.EndedRetention = DefaultEndedRetention
-	}
-	if cfg.Drain == 0 {
-		cfg.Drain = DefaultDrain
-	}
+	cfg = cfg.withDefaults()
 	lg := cfg.Logger
 	if lg == nil {
 		lg = slog.Default()
 	}
-	var l *eventlog.Log
-	var sh *shared
-	if IsSharedDB(cfg.DBPath) {
-		st, shd, err := openShared(cfg.DBPath)
-		if err != nil {
-			return nil, fmt.Errorf("server: open the PostgreSQL log: %w", err)
-		}
-		l, sh = eventlog.New(eventlog.WithStore(st)), shd
-	} else if cfg.DBPath != "" {
-		st, err := sqlitestore.Open(cfg.DBPath)
-		if err != nil {
-			return nil, fmt.Errorf("server: open %s: %w", cfg.DBPath, err)
-		}
-		l = eventlog.New(eventlog.WithStore(st))
-	} else {
-		if cfg.MemoryHistory <= 0 {
-			cfg.MemoryHistory = DefaultMemoryHistory
-		}
-		l = eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: cfg.MemoryHistory}))
+	l, sh, err := openLog(cfg)
+	if err != nil {
+		return nil, err
 	}
 	ag := cfg.Agent
 	if ag == nil {
@@ -210,8 +163,69 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	epoch, _ := l.Epoch(context.Background())
-	lg.Info("event log opened", "db", cfg.DBPath, "epoch", epoch)
+	lg.Info("event log opened", "db", redactDB(cfg.DBPath), "epoch", epoch)
 	return s, nil
+}
+
+// withDefaults returns cfg with its zero fields set to the defaults.
+func (cfg Config) withDefaults() Config {
+	setInt := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	setDur := func(v *time.Duration, d time.Duration, zeroOnly bool) {
+		if *v == 0 || (!zeroOnly && *v < 0) {
+			*v = d
+		}
+	}
+	setInt(&cfg.GapCap, DefaultGapCap)
+	setInt(&cfg.MaxLag, DefaultMaxLag)
+	setInt(&cfg.MaxPending, DefaultMaxPending)
+	setInt(&cfg.MemoryHistory, DefaultMemoryHistory)
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	setDur(&cfg.Heartbeat, DefaultHeartbeat, false)
+	setDur(&cfg.WriteTimeout, DefaultWriteTimeout, false)
+	setDur(&cfg.RetryHint, DefaultRetryHint, false)
+	setDur(&cfg.IdleTimeout, DefaultIdleTimeout, false)
+	setDur(&cfg.SyncInterval, DefaultSyncInterval, true)
+	setDur(&cfg.EndedRetention, DefaultEndedRetention, true)
+	setDur(&cfg.Drain, DefaultDrain, true)
+	return cfg
+}
+
+// openLog opens the event log cfg names: PostgreSQL (shared by replicas),
+// SQLite, or memory.
+func openLog(cfg Config) (*eventlog.Log, *shared, error) {
+	switch {
+	case IsSharedDB(cfg.DBPath):
+		st, sh, err := openShared(cfg.DBPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("server: open the PostgreSQL log %s: %w", redactDB(cfg.DBPath), err)
+		}
+		return eventlog.New(eventlog.WithStore(st)), sh, nil
+	case cfg.DBPath != "":
+		st, err := sqlitestore.Open(cfg.DBPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("server: open %s: %w", cfg.DBPath, err)
+		}
+		return eventlog.New(eventlog.WithStore(st)), nil, nil
+	default:
+		return eventlog.New(eventlog.WithRetention(eventlog.Retention{MaxEvents: cfg.MemoryHistory})), nil, nil
+	}
+}
+
+// redactDB hides the password of a database URL for logs.
+func redactDB(db string) string {
+	if !IsSharedDB(db) {
+		return db
+	}
+	if u, err := url.Parse(db); err == nil {
+		return u.Redacted()
+	}
+	return "postgres://(unparsable URL)"
 }
 
 // Log returns the server's event log (for tests and tools).

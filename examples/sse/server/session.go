@@ -196,6 +196,12 @@ func (s *Server) session(ctx context.Context, id string) (*session, error) {
 	}
 	if st != eventlog.Ended && len(open) > 0 && s.runCtx() != nil {
 		sess.mu.Lock()
+		if st == eventlog.Created || st == eventlog.Detached {
+			// A session with a reply to run is active (and synced) again.
+			if err := s.setState(sess, eventlog.Active, "resumed"); err != nil {
+				s.lg.Warn("resume: set active", "session", id, "err", err)
+			}
+		}
 		sess.queue = append(open, sess.queue...)
 		s.startWorker(sess)
 		sess.mu.Unlock()
@@ -487,6 +493,12 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 		s.answerRetry(w, r, a, req.Text)
 		return
 	}
+	s.accept(w, r, sess, UserEvent{Key: req.IdempotencyKey, Text: req.Text})
+}
+
+// accept stores a new message and queues it, or answers why not. Called
+// with sess.mu (and with replicas, the session's shared lock) held.
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, sess *session, msg UserEvent) {
 	st, err := s.log.State(r.Context(), sess.id)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
@@ -508,7 +520,6 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	// The user event is the message's durable acceptance and its place in
 	// the queue: once it is stored, a restarted server runs it.
-	msg := UserEvent{Key: req.IdempotencyKey, Text: req.Text}
 	c, err := s.append(sess, TypeUser, msg)
 	if err != nil {
 		s.internalError(w, "send", sess.id, err)
@@ -603,7 +614,7 @@ func (s *Server) work(runCtx context.Context, sess *session) {
 		if msg.restart {
 			// The half reply a client may have seen is void: say so before
 			// the new one starts.
-			s.append(sess, TypeRestarted, ReplyEvent{ReplyTo: msg.Key, Reason: "the reply was cut short by a server restart; running it again"})
+			s.append(sess, TypeRestarted, ReplyEvent{ReplyTo: msg.Key, Reason: "the reply was cut short (a crash, a deploy or a replica taking over); running it again"})
 		}
 		final := s.execute(ctx, sess, msg.UserEvent)
 		cancel(nil)

@@ -39,11 +39,15 @@ import (
 // that loses its connection steps down at once and cancels its replies
 // (they stay queued in the log).
 
-// Advisory lock keys (two-int form: namespace, key).
+// Advisory lock keys, in the two-int form (namespace, key): a session's
+// lock is (lockNamespace, hashtext(id)), the leader's (leaderNS,
+// leaderLockKey); lockNamespace with key 0 also guards the creation of the
+// sse_leader table. pgstore's own lock is in the one-bigint form, a
+// separate key space.
 const (
 	lockNamespace = 0x55e
-	leaderLockKey = -1 // sessions use hashtext(id), which can be any int4; the leader uses its own namespace below
 	leaderNS      = 0x55f
+	leaderLockKey = 1
 )
 
 // electInterval is how often a follower tries to become leader and the
@@ -204,7 +208,9 @@ func (s *Server) electOnce(conn *pgx.Conn) (*pgx.Conn, error) {
 		}
 	}
 	if s.sh.leader.Load() {
-		if err := conn.Ping(ctx); err != nil {
+		pctx, pcancel := context.WithTimeout(ctx, time.Second) // the split-brain window: keep it short
+		defer pcancel()
+		if err := conn.Ping(pctx); err != nil {
 			s.stepDown("lost the database connection")
 			conn.Close(context.Background())
 			return nil, err
@@ -296,11 +302,15 @@ func (s *Server) refreshSession(id string) {
 	s.mu.Lock()
 	sess := s.sessions[id]
 	s.mu.Unlock()
-	ctx := s.runCtx()
-	if sess == nil {
-		if ctx != nil {
-			s.session(ctx, id) // the leader loads it: its queue resumes
+	if ctx := s.runCtx(); sess == nil && ctx != nil {
+		// The leader loads it (its queue resumes), then still refreshes: a
+		// load that raced with this one may have read less.
+		var err error
+		if sess, err = s.session(ctx, id); err != nil {
+			return
 		}
+	}
+	if sess == nil {
 		return
 	}
 	if err := sess.mu.LockCtx(s.baseCtx); err != nil {
