@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -44,6 +45,20 @@ func TestBinary(t *testing.T) {
 		}
 		if b, err := os.ReadFile(sessions); err != nil || !bytes.Contains(b, []byte(`"a"`)) {
 			t.Fatalf("session file: %v\n%s", err, b)
+		}
+	})
+
+	t.Run("bad invocation exits 2", func(t *testing.T) {
+		for _, args := range [][]string{{"sessions.json"}, {"-no-such-flag"}, {"-agent-cmd", "agent --resume {session}"}} {
+			cmd := exec.Command(bin, append([]string{"-sessions", sessions}, args...)...)
+			cmd.Env = withoutDiscord()
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			err := runBounded(t, cmd)
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("bot %q: %v, want exit status 2\n%s", args, err, errb.String())
+			}
 		}
 	})
 

@@ -43,9 +43,35 @@ func main() {
 
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "bot:", err)
+		var u usageError
+		if errors.As(err, &u) {
+			os.Exit(2) // a bad invocation, as the flag package exits for bad flags
+		}
 		os.Exit(1)
 	}
 }
+
+// usageError is a bad invocation: an unknown or malformed flag, a stray
+// argument, or a flag value that can never work. main exits with status 2
+// for it, like the other examples.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+const usage = `Usage: bot [flags]
+
+bot answers chat messages by running an agent CLI once per message, with one
+agent session per channel: messages in a channel run strictly in arrival order
+and never at once, different channels run in parallel. It reads from the
+terminal by default ("#channel> text" lines), serves a local web chat with
+-http, or joins Discord when DISCORD_TOKEN is set. Without -agent-cmd a built-in
+echo agent answers, so it runs offline. The -agent-cmd template must contain
+{prompt}, the placeholder that carries the message; {session}, {model} and
+{channel} are optional.
+
+Flags:
+`
 
 // hooks let in-process tests swap the agent and learn the web address.
 type hooks struct {
@@ -60,6 +86,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, h hooks) error {
 	fs := flag.NewFlagSet("bot", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	var (
 		agentCmd     = fs.String("agent-cmd", "", "agent command template, e.g. 'claude -p --resume {session} --output-format json {prompt}' (placeholders: {prompt} {session} {model} {channel}); empty: built-in echo agent")
 		echoDelay    = fs.Duration("echo-delay", time.Second, "delay of the built-in echo agent, to make queuing visible")
@@ -74,14 +104,17 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		logLevel     = fs.String("log-level", "info", "log level: debug, info, warn, error")
 	)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return usageError{fmt.Errorf("unexpected arguments %q (every option is a flag; see -help)", fs.Args())}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+		return usageError{fmt.Errorf("-log-level: %w", err)}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
@@ -89,7 +122,10 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if *agentCmd != "" {
 		c, err := agent.ParseTemplate(*agentCmd)
 		if err != nil {
-			return fmt.Errorf("-agent-cmd: %w", err)
+			return usageError{fmt.Errorf("-agent-cmd: %w", err)}
+		}
+		if !strings.Contains(*agentCmd, "{prompt}") {
+			return usageError{fmt.Errorf("-agent-cmd: the template has no {prompt}, so the agent would never see the message: %q", *agentCmd)}
 		}
 		if err := c.Check(); err != nil {
 			return fmt.Errorf("-agent-cmd: %w", err)

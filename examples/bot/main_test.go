@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -637,5 +638,43 @@ func TestIsLoopback(t *testing.T) {
 		if got := isLoopback(addr); got != want {
 			t.Errorf("isLoopback(%v) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// TestBadInvocationsAreUsageErrors: every bad invocation is refused before
+// the bot starts, as a usage error (exit status 2), with a message that says
+// what is wrong. A template without {prompt} used to be accepted, and the
+// agent never saw the message.
+func TestBadInvocationsAreUsageErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"-no-such-flag"}, "no-such-flag"},
+		{"stray argument", []string{"sessions.json"}, "unexpected arguments"},
+		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
+		{"template without prompt", []string{"-agent-cmd", "claude -p --resume {session}"}, "no {prompt}"},
+		{"unterminated quote", []string{"-agent-cmd", "claude '{prompt}"}, "-agent-cmd"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			err := run(t.Context(), append(sessionsFlag(t), c.args...), strings.NewReader(""), io.Discard, &stderr)
+			var u usageError
+			if !errors.As(err, &u) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("run(%q) = %v, want a usage error mentioning %q", c.args, err, c.want)
+			}
+			if strings.Contains(stderr.String(), "bot started") {
+				t.Fatalf("the bot started anyway:\n%s", stderr.String())
+			}
+		})
+	}
+	var stderr bytes.Buffer
+	if err := run(t.Context(), []string{"-help"}, strings.NewReader(""), io.Discard, &stderr); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "Usage: bot [flags]") || !strings.Contains(stderr.String(), "must contain") {
+		t.Fatalf("-help does not print the usage paragraph:\n%s", stderr.String())
 	}
 }
