@@ -72,9 +72,11 @@ type Config struct {
 type jobKind int
 
 const (
-	jobPrompt jobKind = iota
-	jobModel
-	jobReset
+	jobPrompt    jobKind = iota
+	jobModel             // /model NAME
+	jobShowModel         // /model
+	jobAskReset          // /reset
+	jobReset             // /reset confirm
 )
 
 // job is one admitted message.
@@ -152,10 +154,14 @@ const HelpText = `Talk to this channel's agent session by sending a message. Mes
 /reset confirm confirm a /reset within the confirmation window
 /help          this text`
 
-// Handle admits m. Commands that only read state (/help, /status, /reset
-// asking for confirmation) are answered at once; prompts, /model NAME and
-// /reset confirm join the channel's queue behind the messages that arrived
-// before them. Handle never blocks on the agent or the platform.
+// Handle admits m. /help, /status and malformed commands are answered at
+// once (they describe the bot and the queue, not the session). Prompts and
+// every command that reads or changes the channel's session (/model,
+// /model NAME, /reset, /reset confirm) join the channel's queue behind the
+// messages that arrived before them, so commands and messages agree on one
+// order: /model right after /model NAME shows the new model, and /reset
+// sent during the first run sees the session that run creates. Handle
+// never blocks on the agent or the platform.
 //
 // It returns chat.ErrClosed once Drain has been called.
 func (r *Router) Handle(m chat.Message) error {
@@ -169,17 +175,14 @@ func (r *Router) Handle(m chat.Message) error {
 		case cmd == "/status":
 			return r.replyNow(m, r.Status(m.Channel))
 		case cmd == "/model" && len(f) == 1:
-			return r.replyNow(m, "model: "+r.modelOf(m.Channel))
+			j.kind = jobShowModel
 		case cmd == "/model" && len(f) == 2 && modelName.MatchString(f[1]):
 			j.kind, j.model = jobModel, f[1]
 		case cmd == "/model":
 			return r.replyNow(m, "usage: /model NAME (letters, digits and ._:/@- only)")
 		case cmd == "/reset" && len(f) == 1:
-			return r.replyNow(m, r.askReset(m.Channel))
+			j.kind = jobAskReset
 		case cmd == "/reset" && len(f) == 2 && strings.EqualFold(f[1], "confirm"):
-			if !r.takeConfirm(m.Channel) {
-				return r.replyNow(m, "Nothing to confirm: send /reset first (a confirmation expires after "+r.cfg.ConfirmWindow.String()+").")
-			}
 			j.kind = jobReset
 		default:
 			return r.replyNow(m, "unknown command "+f[0]+"; see /help")
@@ -280,25 +283,44 @@ func (r *Router) clearWaiting(j *job) {
 }
 
 func (r *Router) execute(j *job) {
+	if j.kind != jobPrompt {
+		r.command(j)
+		return
+	}
+	r.prompt(j)
+}
+
+// command runs a session command in its turn, holding the channel's lock.
+func (r *Router) command(j *job) {
 	ch := j.msg.Channel
 	switch j.kind {
+	case jobShowModel:
+		r.send(j.msg, "model: "+r.modelOf(ch))
+	case jobAskReset:
+		r.send(j.msg, r.askReset(ch))
 	case jobModel:
 		if err := r.cfg.Store.Update(ch, func(s *store.Session) { s.Model = j.model }); err != nil {
 			r.send(j.msg, "Could not save the model: "+err.Error())
 			return
 		}
 		r.send(j.msg, "Model for this channel: "+j.model)
-		return
 	case jobReset:
+		if !r.takeConfirm(ch) {
+			r.send(j.msg, "Nothing to confirm: send /reset first (a confirmation expires after "+r.cfg.ConfirmWindow.String()+").")
+			return
+		}
 		sess, _ := r.cfg.Store.Get(ch)
 		if err := r.cfg.Store.Delete(ch); err != nil {
 			r.send(j.msg, "Could not reset: "+err.Error())
 			return
 		}
 		r.send(j.msg, fmt.Sprintf("Session %s forgotten; the next message starts a new one.", orNone(sess.SessionID)))
-		return
 	}
+}
 
+// prompt runs the agent for a message in its turn.
+func (r *Router) prompt(j *job) {
+	ch := j.msg.Channel
 	sess, _ := r.cfg.Store.Get(ch)
 	model := sess.Model
 	if model == "" {

@@ -458,3 +458,35 @@ func (n noSession) Run(ctx context.Context, req agent.Request) (agent.Reply, err
 	rep.SessionID = ""
 	return rep, err
 }
+
+// TestIncident_CommandsAndMessagesAgreeOnOneOrder: /model NAME used to wait
+// in the channel's queue while /model and /reset answered at once, so right
+// after setting a model /model showed the old one, and /reset during the
+// first run said there was no session to reset. Every session command now
+// takes its turn.
+func TestIncident_CommandsAndMessagesAgreeOnOneOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, a := newFakePlatform(), newGateAgent()
+		r := newTestRouter(t, a, p, time.Minute)
+		for i, text := range []string{"first", "/model opus-4", "/model", "/reset"} {
+			if err := r.Handle(msg("c", i, text)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		if got := p.sentTo("c"); len(got) != 0 {
+			t.Fatalf("answered before the running message finished: %q", got)
+		}
+		a.release <- struct{}{} // the first run ends and creates the session
+		synctest.Wait()
+		got := p.sentTo("c")
+		if len(got) != 4 {
+			t.Fatalf("replies %q, want 4", got)
+		}
+		if got[0] != "re: first" || got[1] != "Model for this channel: opus-4" || got[2] != "model: opus-4" || !strings.Contains(got[3], "sess-c") {
+			t.Fatalf("replies out of order or stale: %q", got)
+		}
+		close(a.release)
+		r.Drain(t.Context())
+	})
+}
