@@ -61,3 +61,11 @@ type Platform interface {
 	// message that arrived while its channel was busy.
 	Waiting(ctx context.Context, m Message, waiting bool) error
 }
+
+// An Idler is a Platform that shows when the bot stops working in a channel
+// (the web chat clears its "bot is typing…" line then, rather than at the
+// next reply, which may be a command's answer while the agent still runs).
+// The router calls Idle when an agent run ends, before its reply.
+type Idler interface {
+	Idle(ctx context.Context, channel string) error
+}

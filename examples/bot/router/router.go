@@ -386,7 +386,8 @@ func (r *Router) runAgent(ctx context.Context, req agent.Request) (rep agent.Rep
 }
 
 // typing shows the typing indicator now and every TypingInterval until the
-// returned stop function is called; stop waits for the refresher to exit.
+// returned stop function is called; stop waits for the refresher to exit
+// and then tells a platform that is a chat.Idler that the run ended.
 func (r *Router) typing(ch string) (stop func()) {
 	ctx, cancel := context.WithCancel(r.life)
 	done := make(chan struct{})
@@ -405,7 +406,13 @@ func (r *Router) typing(ch string) (stop func()) {
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	return func() {
+		cancel()
+		<-done
+		if idler, ok := r.cfg.Platform.(chat.Idler); ok {
+			r.platformCall("idle", func(ctx context.Context) error { return idler.Idle(ctx, ch) })
+		}
+	}
 }
 
 // send delivers text as chunks within the platform limit. Whitespace-only

@@ -56,7 +56,7 @@ var channelName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 // Event is one entry of the event stream.
 type Event struct {
 	Seq     uint64    `json:"seq"`
-	Kind    string    `json:"kind"` // user, bot, typing, waiting, started, gap, restart
+	Kind    string    `json:"kind"` // user, bot, typing, idle, waiting, started, gap, restart
 	Channel string    `json:"channel,omitempty"`
 	ID      string    `json:"id,omitempty"`       // message id (user, waiting, started)
 	ReplyTo string    `json:"reply_to,omitempty"` // for bot
@@ -293,6 +293,12 @@ func (w *Web) Send(_ context.Context, o chat.Outgoing) error {
 // Typing publishes a typing event.
 func (w *Web) Typing(_ context.Context, ch string) error {
 	w.publish(Event{Kind: "typing", Channel: ch})
+	return nil
+}
+
+// Idle publishes an idle event: the agent run in ch has ended.
+func (w *Web) Idle(_ context.Context, ch string) error {
+	w.publish(Event{Kind: "idle", Channel: ch})
 	return nil
 }
 
