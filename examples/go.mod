@@ -8,6 +8,8 @@ replace github.com/steadfast-go/steadfast/eventlog/sqlitestore => ../eventlog/sq
 
 replace github.com/steadfast-go/steadfast/eventlog/pgstore => ../eventlog/pgstore
 
+replace github.com/steadfast-go/steadfast/keyedlock/pglock => ../keyedlock/pglock
+
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0
 	github.com/chromedp/chromedp v0.23.1
@@ -19,6 +21,7 @@ require (
 	github.com/steadfast-go/steadfast v0.0.0-00010101000000-000000000000
 	github.com/steadfast-go/steadfast/eventlog/pgstore v0.0.0-00010101000000-000000000000
 	github.com/steadfast-go/steadfast/eventlog/sqlitestore v0.0.0-00010101000000-000000000000
+	github.com/steadfast-go/steadfast/keyedlock/pglock v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sync v0.24.0
 	pgregory.net/rapid v1.3.0

@@ -31,6 +31,7 @@ import (
 	"github.com/steadfast-go/steadfast/examples/bot/platform/web"
 	"github.com/steadfast-go/steadfast/examples/bot/router"
 	"github.com/steadfast-go/steadfast/examples/bot/store"
+	"github.com/steadfast-go/steadfast/examples/bot/store/pgstate"
 )
 
 func main() {
@@ -102,6 +103,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		showTyping   = fs.Bool("show-typing", false, "terminal: print a line when the typing indicator is refreshed")
 		drain        = fs.Duration("drain", 30*time.Second, "on SIGINT/SIGTERM, how long queued messages may still run before they are canceled")
 		logLevel     = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		db           = fs.String("db", "", "postgres://... URL: share the channel locks and sessions with every replica of the bot on that database (fenced by the lock's tokens); empty: an in-process lock and the -sessions file")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -136,9 +138,24 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		ag = h.agent
 	}
 
-	st, err := store.Open(*sessions)
-	if err != nil {
-		return err
+	var st *store.Store
+	var replicas router.Replicas
+	where := *sessions
+	if *db != "" {
+		if !strings.HasPrefix(*db, "postgres://") && !strings.HasPrefix(*db, "postgresql://") {
+			return usageError{fmt.Errorf("-db: %q is not a postgres:// URL", *db)}
+		}
+		ps, err := pgstate.Open(ctx, *db)
+		if err != nil {
+			return err
+		}
+		defer ps.Close()
+		replicas, where = ps, "postgres"
+	} else {
+		var err error
+		if st, err = store.Open(*sessions); err != nil {
+			return err
+		}
 	}
 
 	var p chat.Platform
@@ -179,10 +196,10 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 
 	r := router.New(router.Config{
-		Platform: p, Agent: ag, Store: st, Timeout: *timeout,
+		Platform: p, Agent: ag, Store: st, Replicas: replicas, Timeout: *timeout,
 		TypingInterval: *typingEvery, DefaultModel: *model, Logger: log,
 	})
-	log.Info("bot started", "platform", p.Name(), "agent", agentName(ag), "sessions", st.Path(), "timeout", *timeout)
+	log.Info("bot started", "platform", p.Name(), "agent", agentName(ag), "sessions", where, "timeout", *timeout)
 
 	runErr := p.Run(ctx, r)
 	if runErr != nil {

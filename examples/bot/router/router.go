@@ -67,7 +67,39 @@ type Config struct {
 	// /model; empty leaves the choice to the agent.
 	DefaultModel string
 	Logger       *slog.Logger
+	// Replicas, when set, shares the channel lock and the sessions with
+	// every replica of the bot: after the in-process lock (which keeps
+	// this process's arrival order), a worker takes the channel's lock in
+	// Replicas, runs the agent under that lease's context (so the agent is
+	// killed when the lock is lost), and writes the session with the
+	// lease's fencing token. Store is then not used and may be nil.
+	Replicas Replicas
 }
+
+// Replicas is the state a bot shares with its other replicas: a lock per
+// channel across processes, and a session store whose writes carry the
+// lock's fencing token and are refused when a newer holder has written.
+type Replicas interface {
+	Lock(ctx context.Context, channel string) (Lease, error)
+	Get(channel string) (store.Session, bool, error)
+	Put(channel string, token int64, s store.Session) error
+	Delete(channel string, token int64) error
+}
+
+// A Lease is one grant of a channel's lock: its context ends when the lock
+// is lost, and Token fences the writes made under it.
+type Lease interface {
+	Context() context.Context
+	Token() int64
+	Unlock() error
+}
+
+// localLease is the lease of the in-process lock alone.
+type localLease struct{}
+
+func (localLease) Context() context.Context { return context.Background() }
+func (localLease) Token() int64             { return 0 }
+func (localLease) Unlock() error            { return nil }
 
 type jobKind int
 
@@ -118,8 +150,8 @@ type Router struct {
 // New returns a Router for cfg. It panics if Platform, Agent or Store is
 // nil.
 func New(cfg Config) *Router {
-	if cfg.Platform == nil || cfg.Agent == nil || cfg.Store == nil {
-		panic("router: Platform, Agent and Store are required")
+	if cfg.Platform == nil || cfg.Agent == nil || (cfg.Store == nil && cfg.Replicas == nil) {
+		panic("router: Platform, Agent and Store (or Replicas) are required")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
@@ -252,7 +284,22 @@ func (r *Router) worker(ch string, mine *job) {
 		r.send(j.msg, "Not processed: the bot is shutting down.")
 		return
 	}
-	r.execute(j)
+	var lease Lease = localLease{}
+	if r.cfg.Replicas != nil {
+		l, err := r.cfg.Replicas.Lock(r.life, ch)
+		if err != nil {
+			r.log.Error("channel lock across replicas", "channel", ch, "err", err)
+			r.send(j.msg, "Not processed: the channel lock is unavailable ("+err.Error()+").")
+			return
+		}
+		lease = l
+		defer func() {
+			if err := lease.Unlock(); err != nil {
+				r.log.Warn("unlock across replicas", "channel", ch, "err", err)
+			}
+		}()
+	}
+	r.execute(j, lease)
 }
 
 func (r *Router) pop(ch string) *job {
@@ -282,16 +329,16 @@ func (r *Router) clearWaiting(j *job) {
 	}
 }
 
-func (r *Router) execute(j *job) {
+func (r *Router) execute(j *job, lease Lease) {
 	if j.kind != jobPrompt {
-		r.command(j)
+		r.command(j, lease)
 		return
 	}
-	r.prompt(j)
+	r.prompt(j, lease)
 }
 
 // command runs a session command in its turn, holding the channel's lock.
-func (r *Router) command(j *job) {
+func (r *Router) command(j *job, lease Lease) {
 	ch := j.msg.Channel
 	switch j.kind {
 	case jobShowModel:
@@ -299,7 +346,7 @@ func (r *Router) command(j *job) {
 	case jobAskReset:
 		r.send(j.msg, r.askReset(ch))
 	case jobModel:
-		if err := r.cfg.Store.Update(ch, func(s *store.Session) { s.Model = j.model }); err != nil {
+		if err := r.update(ch, lease, func(s *store.Session) { s.Model = j.model }); err != nil {
 			r.send(j.msg, "Could not save the model: "+err.Error())
 			return
 		}
@@ -309,8 +356,8 @@ func (r *Router) command(j *job) {
 			r.send(j.msg, "Nothing to confirm: send /reset first (a confirmation expires after "+r.cfg.ConfirmWindow.String()+").")
 			return
 		}
-		sess, _ := r.cfg.Store.Get(ch)
-		if err := r.cfg.Store.Delete(ch); err != nil {
+		sess, _ := r.session(ch)
+		if err := r.remove(ch, lease); err != nil {
 			r.send(j.msg, "Could not reset: "+err.Error())
 			return
 		}
@@ -319,9 +366,9 @@ func (r *Router) command(j *job) {
 }
 
 // prompt runs the agent for a message in its turn.
-func (r *Router) prompt(j *job) {
+func (r *Router) prompt(j *job, lease Lease) {
 	ch := j.msg.Channel
-	sess, _ := r.cfg.Store.Get(ch)
+	sess, _ := r.session(ch)
 	model := sess.Model
 	if model == "" {
 		model = r.cfg.DefaultModel
@@ -329,7 +376,9 @@ func (r *Router) prompt(j *job) {
 	req := agent.Request{Channel: ch, Prompt: j.msg.Text, SessionID: sess.SessionID, Model: model}
 	stopTyping := r.typing(ch)
 	ctx, cancel := context.WithTimeout(r.life, r.cfg.Timeout)
+	stopLost := context.AfterFunc(lease.Context(), cancel) // the lock was lost: kill the agent
 	rep, err := r.runAgent(ctx, req)
+	stopLost()
 	cancel()
 	stopTyping()
 
@@ -347,6 +396,8 @@ func (r *Router) prompt(j *job) {
 		r.log.Warn("agent run failed", "channel", ch, "id", j.msg.ID, "err", err)
 		msg := "⚠️ The agent failed: " + err.Error()
 		switch {
+		case lease.Context().Err() != nil:
+			msg = "⚠️ Stopped: this replica lost the channel's lock, so the run was canceled (" + context.Cause(lease.Context()).Error() + ")."
 		case r.life.Err() != nil:
 			// Drain gave up (or a second signal came): say so, rather
 			// than showing a bare "context canceled".
@@ -358,11 +409,11 @@ func (r *Router) prompt(j *job) {
 		return
 	}
 	if rep.SessionID != "" && rep.SessionID != sess.SessionID {
-		if err := r.cfg.Store.Update(ch, func(s *store.Session) { s.SessionID, s.LastUsed = rep.SessionID, time.Now() }); err != nil {
+		if err := r.update(ch, lease, func(s *store.Session) { s.SessionID, s.LastUsed = rep.SessionID, time.Now() }); err != nil {
 			r.log.Error("saving session", "channel", ch, "err", err)
 		}
 	} else {
-		r.cfg.Store.Touch(ch, time.Now())
+		r.touch(ch, lease, time.Now())
 	}
 	text := rep.Text
 	if strings.TrimSpace(text) == "" {
@@ -456,7 +507,7 @@ func (r *Router) replyNow(m chat.Message, text string) error {
 }
 
 func (r *Router) askReset(ch string) string {
-	sess, ok := r.cfg.Store.Get(ch)
+	sess, ok := r.session(ch)
 	if !ok || sess.SessionID == "" && sess.Model == "" {
 		return "This channel has no session to reset."
 	}
@@ -482,7 +533,7 @@ func (r *Router) takeConfirm(ch string) bool {
 }
 
 func (r *Router) modelOf(ch string) string {
-	if s, _ := r.cfg.Store.Get(ch); s.Model != "" {
+	if s, _ := r.session(ch); s.Model != "" {
 		return s.Model
 	}
 	if r.cfg.DefaultModel != "" {
@@ -524,7 +575,7 @@ func (r *Router) Stats() Stats {
 
 // Status is the /status text for a channel.
 func (r *Router) Status(ch string) string {
-	sess, _ := r.cfg.Store.Get(ch)
+	sess, _ := r.session(ch)
 	r.mu.Lock()
 	queued := len(r.pending[ch])
 	r.mu.Unlock()
@@ -568,8 +619,53 @@ func (r *Router) Drain(ctx context.Context) error {
 		<-done
 	}
 	r.abort()
-	if ferr := r.cfg.Store.Flush(); err == nil {
-		err = ferr
+	if r.cfg.Store != nil {
+		if ferr := r.cfg.Store.Flush(); err == nil {
+			err = ferr
+		}
 	}
 	return err
+}
+
+// session reads ch's session from the shared store, or the local one.
+func (r *Router) session(ch string) (store.Session, bool) {
+	if r.cfg.Replicas == nil {
+		return r.cfg.Store.Get(ch)
+	}
+	s, ok, err := r.cfg.Replicas.Get(ch)
+	if err != nil {
+		r.log.Error("reading the session", "channel", ch, "err", err)
+	}
+	return s, ok
+}
+
+// update changes ch's session with fn; a shared store fences the write
+// with the lease's token.
+func (r *Router) update(ch string, lease Lease, fn func(*store.Session)) error {
+	if r.cfg.Replicas == nil {
+		return r.cfg.Store.Update(ch, fn)
+	}
+	s, _, err := r.cfg.Replicas.Get(ch)
+	if err != nil {
+		return err
+	}
+	fn(&s)
+	return r.cfg.Replicas.Put(ch, lease.Token(), s)
+}
+
+func (r *Router) remove(ch string, lease Lease) error {
+	if r.cfg.Replicas == nil {
+		return r.cfg.Store.Delete(ch)
+	}
+	return r.cfg.Replicas.Delete(ch, lease.Token())
+}
+
+func (r *Router) touch(ch string, lease Lease, now time.Time) {
+	if r.cfg.Replicas == nil {
+		r.cfg.Store.Touch(ch, now)
+		return
+	}
+	if err := r.update(ch, lease, func(s *store.Session) { s.LastUsed = now }); err != nil {
+		r.log.Warn("saving the last use", "channel", ch, "err", err)
+	}
 }
