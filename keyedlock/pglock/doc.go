@@ -19,9 +19,13 @@
 //   - Cancellation leaves no trace on the server. A waiter whose context ends
 //     is taken out of PostgreSQL's queue with a protocol cancel request (not
 //     by breaking the connection, which is what pgx does with a context by
-//     default); its row in pg_locks is gone when Lock returns. If the grant
-//     and the cancel cross, the grant is released (the connection is
-//     closed) before Lock returns ctx.Err(): the caller never holds the key.
+//     default); its row in pg_locks is gone when Lock returns ctx.Err(),
+//     and it took no token. If PostgreSQL granted the lock before the cancel
+//     took effect, the caller holds the key and Lock succeeds, as keyedlock
+//     hands a key to a waiter whose context ends just after. In the one
+//     crossing where the grant comes an instant before a cancel that stops
+//     the token statement, the session is closed before Lock returns
+//     ctx.Err(): that caller never holds the key, and no token is taken.
 //   - A fencing token per grant: a counter per key, in a table of this
 //     database, incremented by the holder right after the grant, in the same
 //     round trip. It increases with every grant of the key, across

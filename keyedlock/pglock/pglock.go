@@ -224,11 +224,18 @@ func (l *Locker) acquire(ctx context.Context, key string) (*Lease, error) {
 	b.Queue(`SELECT pg_advisory_lock($1)`, id)
 	b.Queue(nextToken, key).QueryRow(func(r pgx.Row) error { return r.Scan(&token) })
 	err, canceled := runCancelable(ctx, conn, func(c context.Context) error { return conn.SendBatch(c, b).Close() })
-	if canceled || err != nil {
-		// The lock may have been granted in the instant before the
-		// cancel arrived, and a late cancel request could hit the next
-		// statement: closing the connection ends its session, and its
-		// locks with it, before we return.
+	switch {
+	case err == nil && canceled:
+		// PostgreSQL granted the lock (and the token) before the cancel
+		// took effect: the caller holds the key, as keyedlock hands a key
+		// over to a waiter whose context ends just after. A cancel still
+		// in flight must not hit the lease's next statement.
+		absorbCancel(conn)
+	case err != nil:
+		// Not granted, or granted an instant before a cancel that hit the
+		// token statement: closing the connection ends the session and
+		// any lock it holds before we return, so the caller never holds
+		// the key and no token was taken.
 		conn.Close(context.Background())
 		if canceled {
 			return nil, ctx.Err()
@@ -240,7 +247,8 @@ func (l *Locker) acquire(ctx context.Context, key string) (*Lease, error) {
 
 // runCancelable runs f on conn with a context that never ends by itself;
 // if ctx ends first, it sends PostgreSQL a cancel request for the running
-// statement (the connection stays intact) and reports canceled.
+// statement (the connection stays intact) and reports canceled. f's error
+// is returned as it is: a canceled statement fails with SQLSTATE 57014.
 func runCancelable(ctx context.Context, conn *pgx.Conn, f func(context.Context) error) (err error, canceled bool) {
 	done := make(chan struct{})
 	sent := make(chan bool, 1)
@@ -257,12 +265,19 @@ func runCancelable(ctx context.Context, conn *pgx.Conn, f func(context.Context) 
 	}()
 	err = f(context.Background())
 	close(done)
-	canceled = <-sent
+	return err, <-sent
+}
+
+// absorbCancel gives a cancel request that may still be on its way a
+// statement of its own to cancel, so that it cannot hit a later one.
+func absorbCancel(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, `SELECT pg_sleep(0.02)`)
 	var pgErr *pgconn.PgError
-	if canceled && errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled
-		err = nil
+	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "57014") {
+		conn.Close(context.Background()) // the lease's watcher reports the loss
 	}
-	return err, canceled
 }
 
 // TryLock takes key if nobody holds it or waits for it, here or in any

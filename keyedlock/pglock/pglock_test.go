@@ -420,3 +420,86 @@ func TestKilledHolderNextWaiterGetsLargerToken(t *testing.T) {
 		t.Fatalf("resource holds %q: the stale holder's write went through", v)
 	}
 }
+
+// Waiters cancelled at random instants, some while the key is being handed
+// over: every cancelled Lock returns the context's error, the survivors get
+// the key in the order of their Lock calls, and no grant ever went to a
+// cancelled caller (each grant takes a token, so the token count equals the
+// number of holders).
+func TestRandomCancellationsKeepOrderAndLeaveNoGrant(t *testing.T) {
+	u := newDatabase(t)
+	l := open(t, u)
+	ctx := context.Background()
+	first, err := l.Lock(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12
+	type result struct {
+		i   int
+		err error
+	}
+	var mu sync.Mutex
+	var order []int
+	results := make(chan result, n)
+	cancels := make([]context.CancelFunc, n)
+	for i := range n {
+		wctx, cancel := context.WithCancel(ctx)
+		cancels[i] = cancel
+		go func() {
+			ls, err := l.Lock(wctx, "k")
+			if err == nil {
+				mu.Lock()
+				order = append(order, i)
+				mu.Unlock()
+				ls.Unlock()
+			}
+			results <- result{i, err}
+		}()
+		// Queue them in index order: wait until this one is counted.
+		eventually(t, "the waiter queued", func() bool {
+			st, err := l.Status(ctx, "k")
+			return err == nil && st.Waiters == i+1
+		})
+	}
+	// Cancel a random half, interleaved with the hand-offs.
+	var b [n]byte
+	rand.Read(b[:])
+	canceled := map[int]bool{}
+	first.Unlock()
+	for i := range n {
+		if b[i]%2 == 0 {
+			cancels[i]()
+			canceled[i] = true
+		}
+	}
+	for range n {
+		r := <-results
+		if canceled[r.i] && r.err == nil {
+			// Granted before its cancel took effect: a holder, as with
+			// keyedlock, and counted among the survivors below.
+			canceled[r.i] = false
+		}
+		if !canceled[r.i] && r.err != nil {
+			t.Fatalf("waiter %d (not canceled) failed: %v", r.i, r.err)
+		}
+		if canceled[r.i] && !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("canceled waiter %d returned %v", r.i, r.err)
+		}
+	}
+	for _, c := range cancels {
+		c()
+	}
+	for i := 1; i < len(order); i++ {
+		if order[i] < order[i-1] {
+			t.Fatalf("survivors got the key out of order: %v", order)
+		}
+	}
+	tokens := query[int64](t, u, `SELECT token FROM steadfast_pglock_tokens WHERE key = 'k'`)
+	if tokens != int64(1+len(order)) {
+		t.Fatalf("%d grants for %d holders: a cancelled caller was granted the key", tokens, 1+len(order))
+	}
+	if n := lockRows(t, u, "k", true) + lockRows(t, u, "k", false); n != 0 {
+		t.Fatalf("%d pg_locks rows left", n)
+	}
+}
