@@ -100,19 +100,17 @@ type mReport struct {
 	reason error
 }
 
-type queueModel struct {
-	q    *Queue[int]
-	sink *stepSink
-
-	repMu   sync.Mutex
-	reports []Report[int] // what the queue reported
-
+// refQueue is the reference: the documented behaviour of a Queue (see the
+// package doc and Push, Pause, Resume, Close) as a slice of items and a few
+// flags. It has no goroutines, channels, clocks or real queue; each method
+// is one documented transition.
+type refQueue struct {
 	capacity    int
 	maxBytes    int64
 	overflow    Overflow
 	maxAttempts int
 
-	queue        []*mItem // the model queue
+	queue        []*mItem // queued items, head first
 	bytes        int64
 	state        loopState
 	paused       bool
@@ -122,17 +120,29 @@ type queueModel struct {
 	wantReports  []mReport
 	pushed       []*mItem // every accepted item, in push order
 	settled      map[string]error
-	next         int
+}
+
+// queueModel drives the real queue and the reference side by side: each
+// action applies an operation to both and Check compares what the queue
+// shows (lengths, tickets, reports, the sink's attempts) with the
+// reference.
+type queueModel struct {
+	refQueue
+	q    *Queue[int]
+	sink *stepSink
+
+	repMu   sync.Mutex
+	reports []Report[int] // what the queue reported
+	next    int
 }
 
 func newQueueModel(t *rapid.T) *queueModel {
-	m := &queueModel{
-		sink:        newStepSink(),
+	m := &queueModel{sink: newStepSink(), refQueue: refQueue{
 		capacity:    rapid.IntRange(1, 5).Draw(t, "capacity"),
 		overflow:    Overflow(rapid.IntRange(0, 1).Draw(t, "overflow")),
 		maxAttempts: rapid.SampledFrom([]int{0, 0, 1, 2, 3}).Draw(t, "maxAttempts"),
 		settled:     map[string]error{},
-	}
+	}}
 	opts := []Option[int]{
 		WithCapacity[int](m.capacity),
 		WithOverflow[int](m.overflow),
@@ -152,15 +162,63 @@ func newQueueModel(t *rapid.T) *queueModel {
 	return m
 }
 
-func (m *queueModel) inFlight() *mItem {
+func (m *refQueue) inFlight() *mItem {
 	if m.state == sending {
 		return m.queue[0]
 	}
 	return nil
 }
 
+// admit is Push's decision: the error it must return for an item of size,
+// or the Retry items (oldest first, never the one in flight) that
+// DropOldest evicts to make room.
+func (m *refQueue) admit(size int) (want error, victims []*mItem) {
+	switch {
+	case m.closed:
+		return ErrClosed, nil // whatever the item
+	case m.maxBytes > 0 && int64(size) > m.maxBytes:
+		return ErrTooLarge, nil
+	case len(m.queue) < m.capacity && (m.maxBytes == 0 || m.bytes+int64(size) <= m.maxBytes):
+		return nil, nil
+	case m.overflow == RejectNew:
+		return ErrFull, nil
+	}
+	needN := len(m.queue) + 1 - m.capacity
+	needB := int64(0)
+	if m.maxBytes > 0 {
+		needB = m.bytes + int64(size) - m.maxBytes
+	}
+	for _, it := range m.queue {
+		if needN <= 0 && needB <= 0 {
+			break
+		}
+		if it == m.inFlight() || it.policy != Retry {
+			continue
+		}
+		victims = append(victims, it)
+		needN--
+		needB -= int64(it.size)
+	}
+	if needN > 0 || needB > 0 {
+		return ErrFull, nil
+	}
+	return nil, victims
+}
+
+// accept queues an accepted item after evicting victims.
+func (m *refQueue) accept(it *mItem, victims []*mItem) {
+	for _, v := range victims {
+		m.remove(v)
+		m.fail(v, ErrEvicted)
+	}
+	m.queue = append(m.queue, it)
+	m.bytes += int64(it.size)
+	m.pushed = append(m.pushed, it)
+	m.kick()
+}
+
 // kick moves an idle, runnable loop to sending, as the real loop does.
-func (m *queueModel) kick() {
+func (m *refQueue) kick() {
 	if m.state == idle && !m.paused && !m.closed && len(m.queue) > 0 {
 		m.state = sending
 	}
@@ -181,38 +239,7 @@ func (m *queueModel) Push(t *rapid.T) {
 	tk, err := m.q.Push(Item[int]{Key: key, Policy: policy, Value: size})
 	synctest.Wait()
 
-	var want error
-	var victims []*mItem
-	switch {
-	case m.closed:
-		want = ErrClosed // whatever the item
-	case m.maxBytes > 0 && int64(size) > m.maxBytes:
-		want = ErrTooLarge
-	case len(m.queue) >= m.capacity || (m.maxBytes > 0 && m.bytes+int64(size) > m.maxBytes):
-		if m.overflow == RejectNew {
-			want = ErrFull
-			break
-		}
-		needN := len(m.queue) + 1 - m.capacity
-		needB := int64(0)
-		if m.maxBytes > 0 {
-			needB = m.bytes + int64(size) - m.maxBytes
-		}
-		for _, it := range m.queue {
-			if needN <= 0 && needB <= 0 {
-				break
-			}
-			if it == m.inFlight() || it.policy != Retry {
-				continue
-			}
-			victims = append(victims, it)
-			needN--
-			needB -= int64(it.size)
-		}
-		if needN > 0 || needB > 0 {
-			want, victims = ErrFull, nil
-		}
-	}
+	want, victims := m.admit(size)
 	if !errors.Is(err, want) || (want == nil) != (err == nil) {
 		t.Fatalf("Push: got error %v, want %v", err, want)
 	}
@@ -222,30 +249,22 @@ func (m *queueModel) Push(t *rapid.T) {
 		}
 		return
 	}
-	for _, v := range victims {
-		m.remove(v)
-		m.fail(v, ErrEvicted)
-	}
 	if key != "" && tk.Key() != key {
 		t.Fatalf("ticket key %q, want the caller's %q", tk.Key(), key)
 	}
 	if tk.Key() == "" {
 		t.Fatalf("no key generated")
 	}
-	it := &mItem{key: tk.Key(), policy: policy, size: msize, ticket: tk}
-	m.queue = append(m.queue, it)
-	m.bytes += int64(msize)
-	m.pushed = append(m.pushed, it)
-	m.kick()
+	m.accept(&mItem{key: tk.Key(), policy: policy, size: msize, ticket: tk}, victims)
 }
 
-func (m *queueModel) remove(it *mItem) {
+func (m *refQueue) remove(it *mItem) {
 	i := slices.Index(m.queue, it)
 	m.queue = slices.Delete(m.queue, i, i+1)
 	m.bytes -= int64(it.size)
 }
 
-func (m *queueModel) fail(it *mItem, reason error) {
+func (m *refQueue) fail(it *mItem, reason error) {
 	m.wantReports = append(m.wantReports, mReport{it.key, reason})
 	m.settled[it.key] = reason
 }
@@ -267,6 +286,14 @@ func (m *queueModel) Reply(t *rapid.T) {
 	m.sink.reply <- o.err()
 	synctest.Wait()
 
+	m.reply(o)
+}
+
+// reply applies the outcome of the attempt in flight: delivered, dropped,
+// given up (fire-and-forget, or out of attempts), paused, or retried after
+// the back-off (at once if Resume came during the attempt).
+func (m *refQueue) reply(o outcome) {
+	head := m.queue[0]
 	head.attempts++
 	resumed := m.resumedInFlt
 	m.resumedInFlt = false
@@ -308,6 +335,11 @@ func (m *queueModel) Wait(t *rapid.T) {
 	}
 	time.Sleep(modelBackOff)
 	synctest.Wait()
+	m.backOffEnded()
+}
+
+// backOffEnded retries the head.
+func (m *refQueue) backOffEnded() {
 	m.state = idle
 	m.kick()
 }
@@ -315,6 +347,11 @@ func (m *queueModel) Wait(t *rapid.T) {
 func (m *queueModel) Pause(t *rapid.T) {
 	m.q.Pause()
 	synctest.Wait()
+	m.pause()
+}
+
+// pause stops delivery after the attempt in flight (a closed queue ignores it).
+func (m *refQueue) pause() {
 	if !m.closed {
 		m.paused = true
 	}
@@ -323,6 +360,12 @@ func (m *queueModel) Pause(t *rapid.T) {
 func (m *queueModel) Resume(t *rapid.T) {
 	m.q.Resume()
 	synctest.Wait()
+	m.resume()
+}
+
+// resume restarts delivery; it cuts a back-off short, and an attempt in
+// flight that fails with a pause error retries at once instead of pausing.
+func (m *refQueue) resume() {
 	if m.closed {
 		return
 	}
@@ -355,6 +398,13 @@ func (m *queueModel) close(t rapid.TB) {
 	if err != nil {
 		t.Fatalf("Close: %v", err)
 	}
+	m.closeRef()
+}
+
+// closeRef is Close: the attempt in flight is canceled (a Retry item stays
+// and is reported with the rest; one that cannot be retried gave up), and
+// every queued item is reported with ErrClosed.
+func (m *refQueue) closeRef() {
 	if m.state == sending {
 		// Close canceled the attempt: context.Canceled is classified
 		// Retry, so a Retry item stays queued (and is reported below)
