@@ -17,24 +17,17 @@ import (
 	"github.com/steadfast-go/steadfast/replayqueue"
 )
 
-// queueModel drives a Queue[string] and a plain model of it side by side.
-// Items are "m<nnn>" plus 0-4 "+" of padding, each created once; replayed items are "r|<key>|<id>".
-// The size of an item is its length in bytes.
-type queueModel struct {
-	q        *replayqueue.Queue[string, string]
+// refQueue is the reference: the documented behaviour of a Queue (the
+// package doc, Send, Connect, Disconnect, Fail, AddReplay, HandleReply) as
+// slices and counters, with no goroutines, locks or clocks. Items are
+// "m<nnn>" plus 0-4 "+" of padding, each created once; replayed items are
+// "r|<key>|<id>". The size of an item is its length in bytes.
+type refQueue struct {
 	policy   replayqueue.Overflow
 	maxItems int
 	maxBytes int  // math.MaxInt without a byte bound
 	noBytes  bool // no WithMaxBytes: the queue's unsized fast path
 
-	// What the queue actually did.
-	log       []string // everything every connection was sent, in order
-	remaining int      // successes left on the current connection; <0 unlimited
-	dropped   []string
-	cbMu      sync.Mutex // reply callbacks may run on timer goroutines
-	callbacks []string   // reply callbacks, formatted
-
-	// The model.
 	connected  bool
 	closed     bool
 	gen        uint64
@@ -51,6 +44,21 @@ type queueModel struct {
 	rejected   []string
 	handedBack []string
 	next       int
+}
+
+// queueModel drives a Queue[string] and the reference side by side: each
+// action applies an operation to both, and Check compares what the queue
+// did (below) with what the reference says it must have done.
+type queueModel struct {
+	refQueue
+	q *replayqueue.Queue[string, string]
+
+	// What the queue actually did.
+	log       []string // everything every connection was sent, in order
+	remaining int      // successes left on the current connection; <0 unlimited
+	dropped   []string
+	cbMu      sync.Mutex // reply callbacks may run on timer goroutines
+	callbacks []string   // reply callbacks, formatted
 }
 
 func (m *queueModel) send(v string) error {
@@ -88,7 +96,7 @@ func (m *queueModel) onReply(r replayqueue.Reply[string]) {
 	m.cbMu.Unlock()
 }
 
-func (m *queueModel) bufBytes() int {
+func (m *refQueue) bufBytes() int {
 	n := 0
 	for _, s := range m.buf {
 		n += len(s)
@@ -96,12 +104,12 @@ func (m *queueModel) bufBytes() int {
 	return n
 }
 
-func (m *queueModel) fits(n int) bool {
+func (m *refQueue) fits(n int) bool {
 	return len(m.buf) < m.maxItems && (m.noBytes || m.bufBytes()+n <= m.maxBytes)
 }
 
 // failPending is the model of a connection going away with kind.
-func (m *queueModel) failPending(kind string) {
+func (m *refQueue) failPending(kind string) {
 	ids := make([]replayqueue.ReplayID, 0, len(m.pending))
 	for id := range m.pending {
 		ids = append(ids, id)
@@ -114,7 +122,7 @@ func (m *queueModel) failPending(kind string) {
 	}
 }
 
-func (m *queueModel) disconnect() {
+func (m *refQueue) disconnect() {
 	m.connected = false
 	m.gen++
 	m.failPending("disconnected")
@@ -455,13 +463,12 @@ func TestQueueMatchesModel(t *testing.T) {
 
 func checkModel(t *rapid.T) {
 	{
-		m := &queueModel{
-			policy:    rapid.SampledFrom([]replayqueue.Overflow{replayqueue.RejectNew, replayqueue.DropOldest, replayqueue.Block}).Draw(t, "policy"),
-			maxItems:  rapid.IntRange(1, 6).Draw(t, "maxItems"),
-			maxBytes:  rapid.IntRange(5, 30).Draw(t, "maxBytes"),
-			pending:   map[replayqueue.ReplayID]string{},
-			remaining: -1,
-		}
+		m := &queueModel{refQueue: refQueue{
+			policy:   rapid.SampledFrom([]replayqueue.Overflow{replayqueue.RejectNew, replayqueue.DropOldest, replayqueue.Block}).Draw(t, "policy"),
+			maxItems: rapid.IntRange(1, 6).Draw(t, "maxItems"),
+			maxBytes: rapid.IntRange(5, 30).Draw(t, "maxBytes"),
+			pending:  map[replayqueue.ReplayID]string{},
+		}, remaining: -1}
 		byteBound := replayqueue.WithMaxBytes(m.maxBytes, m.size)
 		if m.noBytes = rapid.Bool().Draw(t, "noBytes"); m.noBytes {
 			m.maxBytes, byteBound = math.MaxInt, nil // New skips a nil Option
