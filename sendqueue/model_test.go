@@ -172,16 +172,16 @@ func (m *refQueue) inFlight() *mItem {
 // admit is Push's decision: the error it must return for an item of size,
 // or the Retry items (oldest first, never the one in flight) that
 // DropOldest evicts to make room.
-func (m *refQueue) admit(size int) (want error, victims []*mItem) {
+func (m *refQueue) admit(size int) (victims []*mItem, want error) {
 	switch {
 	case m.closed:
-		return ErrClosed, nil // whatever the item
+		return nil, ErrClosed // whatever the item
 	case m.maxBytes > 0 && int64(size) > m.maxBytes:
-		return ErrTooLarge, nil
+		return nil, ErrTooLarge
 	case len(m.queue) < m.capacity && (m.maxBytes == 0 || m.bytes+int64(size) <= m.maxBytes):
 		return nil, nil
 	case m.overflow == RejectNew:
-		return ErrFull, nil
+		return nil, ErrFull
 	}
 	needN := len(m.queue) + 1 - m.capacity
 	needB := int64(0)
@@ -200,9 +200,9 @@ func (m *refQueue) admit(size int) (want error, victims []*mItem) {
 		needB -= int64(it.size)
 	}
 	if needN > 0 || needB > 0 {
-		return ErrFull, nil
+		return nil, ErrFull
 	}
-	return nil, victims
+	return victims, nil
 }
 
 // accept queues an accepted item after evicting victims.
@@ -239,7 +239,7 @@ func (m *queueModel) Push(t *rapid.T) {
 	tk, err := m.q.Push(Item[int]{Key: key, Policy: policy, Value: size})
 	synctest.Wait()
 
-	want, victims := m.admit(size)
+	victims, want := m.admit(size)
 	if !errors.Is(err, want) || (want == nil) != (err == nil) {
 		t.Fatalf("Push: got error %v, want %v", err, want)
 	}
