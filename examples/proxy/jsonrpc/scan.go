@@ -191,3 +191,51 @@ func skipString(data []byte, i int) int {
 	}
 	return i
 }
+
+// ScanNotification reads an eth_subscription notification without
+// decoding it: the subscription id and the result (pointing into data).
+// ok is false for anything else, or an unusual form (escapes in the id),
+// which the caller decodes in full.
+func ScanNotification(data []byte) (sub []byte, result json.RawMessage, ok bool) {
+	if !json.Valid(data) {
+		return nil, nil, false
+	}
+	var method, params []byte
+	if !scanObject(data, func(key, val []byte) bool {
+		switch string(key) {
+		case "method":
+			method = val
+		case "params":
+			params = val
+		case "id":
+			return false // a request or reply, not a notification
+		}
+		return true
+	}) || !bytes.Equal(method, []byte(`"eth_subscription"`)) {
+		return nil, nil, false
+	}
+	plain := true
+	scanObject(params, func(key, val []byte) bool {
+		switch string(key) {
+		case "subscription":
+			sub, plain = plainString(val)
+		case "result":
+			result = val
+		}
+		return plain
+	})
+	return sub, result, plain && len(sub) > 0 && len(result) > 0
+}
+
+// Members calls fn with the key and value bytes of each member of the
+// JSON object obj, until fn returns false. obj must be valid JSON (a value
+// taken from a message ScanNotification or ScanResult accepted is); keys
+// with escapes or non-ASCII end the scan. It reports whether obj was an
+// object scanned to its end.
+func Members(obj []byte, fn func(key, val []byte) bool) bool {
+	return scanObject(obj, fn)
+}
+
+// PlainString returns the contents of a JSON string token of printable
+// ASCII without escapes (a hex quantity, a hash); ok is false otherwise.
+func PlainString(tok []byte) (s []byte, ok bool) { return plainString(tok) }

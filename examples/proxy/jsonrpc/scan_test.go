@@ -3,6 +3,7 @@ package jsonrpc_test
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
@@ -87,4 +88,29 @@ func FuzzScanRequest(f *testing.F) {
 			t.Fatalf("accepted invalid JSON %q", in)
 		}
 	})
+}
+
+func TestScanNotification(t *testing.T) {
+	sub, res, ok := jsonrpc.ScanNotification([]byte(`{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xab","result":{"number":"0x1","hash":"0x2"}}}`))
+	if !ok || string(sub) != "0xab" || string(res) != `{"number":"0x1","hash":"0x2"}` {
+		t.Fatalf("%s %s %v", sub, res, ok)
+	}
+	for _, in := range []string{
+		`{"jsonrpc":"2.0","id":1,"result":"0x1"}`,
+		`{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0x\u0061b","result":1}}`,
+		`{"jsonrpc":"2.0","method":"eth_subscription","params":{"result":1}}`,
+		`{"jsonrpc":"2.0","method":"other","params":{"subscription":"0xab","result":1}}`,
+	} {
+		if _, _, ok := jsonrpc.ScanNotification([]byte(in)); ok {
+			t.Errorf("accepted %s", in)
+		}
+	}
+	var keys []string
+	jsonrpc.Members([]byte(`{"number":"0x1","nested":{"number":"0x9"},"hash":"0x2"}`), func(k, v []byte) bool {
+		keys = append(keys, string(k)+"="+string(v))
+		return true
+	})
+	if strings.Join(keys, " ") != `number="0x1" nested={"number":"0x9"} hash="0x2"` {
+		t.Fatalf("members %v", keys)
+	}
 }

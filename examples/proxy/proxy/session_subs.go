@@ -207,37 +207,59 @@ func (s *session) replayReply(clientSub string) func(replayqueue.Reply[*frame]) 
 	}
 }
 
-type headFields struct {
-	Number string `json:"number"`
-	Hash   string `json:"hash"`
+// headOf reads a header's number and hash without decoding the rest (the
+// top-level members only: transactions and withdrawals are skipped). ok is
+// false when either is missing or not a plain hex string.
+func headOf(result json.RawMessage) (num uint64, hash string, ok bool) {
+	var numOK, hashOK bool
+	jsonrpc.Members(result, func(key, val []byte) bool {
+		switch string(key) {
+		case "number":
+			if v, plain := jsonrpc.PlainString(val); plain {
+				num, numOK = parseHex(string(v))
+			}
+		case "hash":
+			if v, plain := jsonrpc.PlainString(val); plain {
+				hash, hashOK = string(v), true
+			}
+		}
+		return !(numOK && hashOK)
+	})
+	return num, hash, numOK && hashOK
 }
 
-func (s *session) onNotification(x *upConn, m *jsonrpc.Message) {
+// onNotificationMsg handles a notification that came in a form
+// ScanNotification left to the full decoder.
+func (s *session) onNotificationMsg(x *upConn, m *jsonrpc.Message) {
 	var params struct {
 		Subscription string          `json:"subscription"`
 		Result       json.RawMessage `json:"result"`
 	}
-	if err := json.Unmarshal(m.Params, &params); err != nil {
+	if err := json.Unmarshal(m.Params, &params); err != nil || !json.Valid(params.Result) {
 		s.log.Warn("bad notification from upstream", "upstream", x.u.Name, "err", err)
 		return
 	}
+	s.onNotification(x, params.Subscription, params.Result)
+}
+
+// onNotification delivers one upstream notification (its subscription id
+// and result, decoded once) to the client under the client's id.
+func (s *session) onNotification(x *upConn, upSub string, result json.RawMessage) {
 	s.mu.Lock()
-	cid, ok := x.subs[params.Subscription]
+	cid, ok := x.subs[upSub]
 	sub := s.subs[cid]
 	if !ok || sub == nil {
 		s.mu.Unlock()
 		return // a subscription the client dropped; its upstream side is being removed
 	}
 	if sub.kind != "newHeads" {
-		s.writeLocked(notification(cid, params.Result))
+		s.writeLocked(notification(cid, result))
 		s.mu.Unlock()
 		return
 	}
-	var h headFields
-	_ = json.Unmarshal(params.Result, &h)
-	num, err := strconv.ParseUint(trim0x(h.Number), 16, 64)
-	if err != nil {
-		s.writeLocked(notification(cid, params.Result))
+	num, hash, isHead := headOf(result)
+	if !isHead {
+		s.writeLocked(notification(cid, result))
 		s.mu.Unlock()
 		return
 	}
@@ -260,15 +282,11 @@ func (s *session) onNotification(x *upConn, m *jsonrpc.Message) {
 		return
 	}
 	for _, hdr := range filled {
-		var fh headFields
-		if json.Unmarshal(hdr, &fh) != nil {
-			continue
-		}
-		if n, err := strconv.ParseUint(trim0x(fh.Number), 16, 64); err == nil && s.deliverHeadLocked(sub, n, fh.Hash, hdr) {
+		if n, fh, ok := headOf(hdr); ok && s.deliverHeadLocked(sub, n, fh, hdr) {
 			s.p.m.gapHeads.Inc()
 		}
 	}
-	s.deliverHeadLocked(sub, num, h.Hash, params.Result)
+	s.deliverHeadLocked(sub, num, hash, result)
 }
 
 // deliverHeadLocked forwards a head unless the client already has that
@@ -280,13 +298,6 @@ func (s *session) deliverHeadLocked(sub *subscription, num uint64, hash string, 
 	}
 	s.writeLocked(notification(sub.id, result))
 	return true
-}
-
-func trim0x(s string) string {
-	if len(s) > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X') {
-		return s[2:]
-	}
-	return "!"
 }
 
 func notification(sub string, result json.RawMessage) []byte {

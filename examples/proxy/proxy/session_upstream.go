@@ -111,6 +111,10 @@ func (s *session) handleUpstreamFrame(x *upConn, data []byte) {
 		}
 		return
 	}
+	if sub, result, ok := jsonrpc.ScanNotification(data); ok { // the common case: no full decode
+		s.onNotification(x, string(sub), result)
+		return
+	}
 	var m jsonrpc.Message
 	if err := json.Unmarshal(data, &m); err != nil {
 		s.log.Warn("bad frame from upstream", "upstream", x.u.Name, "err", err)
@@ -121,7 +125,7 @@ func (s *session) handleUpstreamFrame(x *upConn, data []byte) {
 
 func (s *session) handleUpstreamMsg(x *upConn, m *jsonrpc.Message) {
 	if m.Method == "eth_subscription" {
-		s.onNotification(x, m)
+		s.onNotificationMsg(x, m)
 		return
 	}
 	if !m.HasID() {
