@@ -387,7 +387,7 @@ func TestHTTP(t *testing.T) {
 
 	primary.Kill()
 	// The dial is refused: the transaction provably never left the proxy,
-	// so it goes to the backup (issue 17, defect 1).
+	// so it goes to the backup (a refused dial proves nothing was sent).
 	status, body = c.post(t, `{"jsonrpc":"2.0","id":7,"method":"eth_sendRawTransaction","params":["0x02f8"]}`)
 	if status != 200 || !strings.Contains(string(body), `"result":"0x`) {
 		t.Fatalf("eth_sendRawTransaction on a dead primary: %d %s", status, body)

@@ -53,13 +53,13 @@ func rpcError(t testing.TB, body []byte) (json.RawMessage, *jsonrpc.Error) {
 	return m.ID, m.Error
 }
 
-// TestIssue17_SendRawTransactionAfterRefusedDialGoesToTheBackup (defect
+// TestIncident_SendRawTransactionAfterRefusedDialGoesToTheBackup (defect
 // 1): with the primary dead and its death not yet noticed by the health
 // checks, eth_sendRawTransaction is refused at dial time, so it provably
 // never left the proxy and is sent to the backup; one that may have
 // reached a hung primary is never repeated, and is answered with -32012
 // and HTTP 504.
-func TestIssue17_SendRawTransactionAfterRefusedDialGoesToTheBackup(t *testing.T) {
+func TestIncident_SendRawTransactionAfterRefusedDialGoesToTheBackup(t *testing.T) {
 	c := newCluster(t, []string{"primary", "backup"}, blockTime, func(cfg *proxy.Config) {
 		cfg.CheckInterval, cfg.CheckTimeout = 5*time.Second, time.Second
 		cfg.Rise, cfg.Fall = 1, 1
@@ -97,10 +97,10 @@ func TestIssue17_SendRawTransactionAfterRefusedDialGoesToTheBackup(t *testing.T)
 	}
 }
 
-// TestIssue17_TwoUpstreamsResolveToTheOneAhead (defect 2): with only two
+// TestIncident_TwoUpstreamsResolveToTheOneAhead (defect 2): with only two
 // upstreams, a primary 50 blocks behind its backup is left for the backup,
 // and the lag metric says how far behind the highest head it is.
-func TestIssue17_TwoUpstreamsResolveToTheOneAhead(t *testing.T) {
+func TestIncident_TwoUpstreamsResolveToTheOneAhead(t *testing.T) {
 	c := newCluster(t, []string{"primary", "backup"}, blockTime, func(cfg *proxy.Config) { cfg.MaxLag = 10 })
 	primary := c.nodes[0]
 	c.waitCurrent(t, "primary", 5*time.Second)
@@ -116,10 +116,10 @@ func TestIssue17_TwoUpstreamsResolveToTheOneAhead(t *testing.T) {
 	c.waitCurrent(t, "primary", 5*time.Second)
 }
 
-// TestIssue17_ReadsInFlightOnALeftUpstreamMove (defect 3): reads stuck on
+// TestIncident_ReadsInFlightOnALeftUpstreamMove (defect 3): reads stuck on
 // a hung primary are retried on the backup as soon as the health checks
 // move the selection, long before the 10 s request timeout.
-func TestIssue17_ReadsInFlightOnALeftUpstreamMove(t *testing.T) {
+func TestIncident_ReadsInFlightOnALeftUpstreamMove(t *testing.T) {
 	c := newCluster(t, []string{"primary", "backup"}, blockTime, nil) // RequestTimeout: the 10 s default
 	primary := c.nodes[0]
 	c.waitCurrent(t, "primary", 5*time.Second)
@@ -175,10 +175,10 @@ func htmlGateway(t *testing.T, status int) string {
 	return "http://" + ln.Addr().String()
 }
 
-// TestIssue17_HTTPStatusCodes (defect 4): transport-level failures get the
+// TestIncident_HTTPStatusCodes (defect 4): transport-level failures get the
 // status codes load balancers expect, always with a JSON-RPC body labelled
 // application/json, and a non-JSON upstream body is never relayed.
-func TestIssue17_HTTPStatusCodes(t *testing.T) {
+func TestIncident_HTTPStatusCodes(t *testing.T) {
 	c := newCluster(t, []string{"node"}, blockTime, func(cfg *proxy.Config) {
 		cfg.MaxBatch = 3
 		cfg.RequestTimeout = 300 * time.Millisecond
@@ -232,11 +232,11 @@ func TestIssue17_HTTPStatusCodes(t *testing.T) {
 	}
 }
 
-// TestIssue17_AllowListRateLimitAndAuth (defect 5): methods outside the
+// TestIncident_AllowListRateLimitAndAuth (defect 5): methods outside the
 // allow list never reach the node and get a clear error and a metric; a
 // client over its rate limit gets 429 (HTTP) or -32005 (WebSocket); with
 // tokens configured, a request needs one.
-func TestIssue17_AllowListRateLimitAndAuth(t *testing.T) {
+func TestIncident_AllowListRateLimitAndAuth(t *testing.T) {
 	c := newCluster(t, []string{"node"}, blockTime, func(cfg *proxy.Config) {
 		cfg.AuthTokens = []string{"alpha", "beta"}
 		cfg.RateLimit, cfg.RateBurst = 1, 20
@@ -306,10 +306,10 @@ func TestIssue17_AllowListRateLimitAndAuth(t *testing.T) {
 	}
 }
 
-// TestIssue17_WebSocketAllowListAndRateLimit: the same policy on a
+// TestIncident_WebSocketAllowListAndRateLimit: the same policy on a
 // WebSocket connection: denied methods and requests over the rate limit
 // are answered with errors, on a connection that stays usable.
-func TestIssue17_WebSocketAllowListAndRateLimit(t *testing.T) {
+func TestIncident_WebSocketAllowListAndRateLimit(t *testing.T) {
 	c := newCluster(t, []string{"node"}, blockTime, func(cfg *proxy.Config) {
 		cfg.RateLimit, cfg.RateBurst = 0.5, 6
 	})
@@ -337,11 +337,11 @@ func TestIssue17_WebSocketAllowListAndRateLimit(t *testing.T) {
 	w.check()
 }
 
-// TestIssue17_OperatorLimits (item 6): JSON-RPC 1.0 is refused, the
+// TestIncident_OperatorLimits (item 6): JSON-RPC 1.0 is refused, the
 // eth_getLogs range is bounded, latency histograms exist per method and
 // upstream, and an HTTP-only upstream serves HTTP while WebSocket clients
 // go to one that has a WebSocket URL.
-func TestIssue17_OperatorLimits(t *testing.T) {
+func TestIncident_OperatorLimits(t *testing.T) {
 	c := newCluster(t, []string{"httponly", "full"}, blockTime, func(cfg *proxy.Config) {
 		cfg.Upstreams[0].WSURL = ""
 		cfg.MaxLogsRange = 100
