@@ -41,12 +41,25 @@ func chromium(t *testing.T) context.Context {
 	return ctx
 }
 
-// poll waits (bounded by ctx) until the page expression is true.
+// poll evaluates expr in the current page every 20 ms until it is true,
+// for at most 30 s. Each try evaluates afresh, so a navigation in between
+// (whose old execution context disappears) is not an error.
 func poll(t *testing.T, ctx context.Context, expr string) {
 	t.Helper()
-	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(20*time.Millisecond))); err != nil {
-		t.Fatalf("waiting for %s: %v", expr, err)
+	var last error
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+		if err == nil && ok {
+			return
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v (last error %v)", expr, ctx.Err(), last)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
+	t.Fatalf("waiting for %s: not true within 30 s (last error %v)", expr, last)
 }
 
 func eval[T any](t *testing.T, ctx context.Context, expr string) T {
