@@ -2,48 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net/url"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/steadfast-go/steadfast/examples/internal/pgtest"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/steadfast-go/steadfast/examples/bot/agent"
 )
-
-func botDatabase(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("STEADFAST_POSTGRES")
-	if base == "" {
-		t.Skip("STEADFAST_POSTGRES is not set: the replica tests need PostgreSQL")
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "bot_test_" + hex.EncodeToString(b[:])
-	admin := func(sql string) {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin("CREATE DATABASE " + name)
-	t.Cleanup(func() { admin("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
 
 // TestReplicasShareChannelLocks: two bot replicas on one database, one
 // recording agent. A channel blocked on one replica does not stop another
@@ -52,7 +20,7 @@ func botDatabase(t *testing.T) string {
 // and every channel's session row carries the last grant's token, so no
 // stale holder wrote after a newer one.
 func TestReplicasShareChannelLocks(t *testing.T) {
-	u := botDatabase(t)
+	u := pgtest.NewDatabase(t, "bot")
 	hold := make(chan struct{})
 	blocked := make(chan struct{})
 	ag := newRecAgent(func(ctx context.Context, req agent.Request) error {
@@ -134,7 +102,7 @@ func TestReplicasShareChannelLocks(t *testing.T) {
 // backend terminated), the lease's context ends, the running agent is
 // canceled, and the user is told why.
 func TestLostLockKillsTheAgent(t *testing.T) {
-	u := botDatabase(t)
+	u := pgtest.NewDatabase(t, "bot")
 	started := make(chan struct{})
 	ag := newRecAgent(func(ctx context.Context, req agent.Request) error {
 		close(started)

@@ -1,63 +1,22 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/steadfast-go/steadfast/examples/internal/pgtest"
 
 	"github.com/steadfast-go/steadfast/examples/sse/client"
 	"github.com/steadfast-go/steadfast/examples/sse/internal/verify"
 	"github.com/steadfast-go/steadfast/examples/sse/server"
 )
-
-// testDatabase creates a database of its own on STEADFAST_POSTGRES (or
-// skips) and drops it at cleanup; it returns its URL.
-func testDatabase(t *testing.T) string {
-	t.Helper()
-	admin := os.Getenv("STEADFAST_POSTGRES")
-	if admin == "" {
-		t.Skip("STEADFAST_POSTGRES is not set (e.g. postgres://root@127.0.0.1:5432/test?sslmode=disable): skipping the PostgreSQL replicas test")
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "sse_" + hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-		defer cancel()
-		if c, err := pgx.Connect(ctx, admin); err == nil {
-			c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(ctx)
-		}
-	})
-	u, err := url.Parse(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
 
 // balancer is a load balancer for the test: it proxies everything,
 // streams included, to one backend, which the test switches.
@@ -117,7 +76,7 @@ func waitLog(t *testing.T, p *proc, want string) {
 // and answers every accepted message once, in order. A send with one
 // idempotency key to A and then to B is stored and executed once.
 func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
-	db := testDatabase(t)
+	db := pgtest.NewDatabase(t, "sse")
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	args := []string{"-db", db, "-typing-delay", "20ms"}
 	a := startProc(t, addrA, args...)
@@ -197,7 +156,7 @@ func TestBinaryReplicasShareSessionsAcrossKill(t *testing.T) {
 // to a follower they are forwarded to the leader and answered as it
 // answers. A message sent to the follower runs on the leader.
 func TestBinaryReplicasFollowerForwardsControl(t *testing.T) {
-	db := testDatabase(t)
+	db := pgtest.NewDatabase(t, "sse")
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	args := []string{"-db", db, "-typing-delay", "20ms"}
 	a := startProc(t, addrA, args...)
@@ -243,7 +202,7 @@ func TestBinaryReplicasFollowerForwardsControl(t *testing.T) {
 // once, every message runs once, in stream order, and each sender's
 // accepted messages keep their order.
 func TestBinaryReplicasConcurrentSendsRunOnceInOrder(t *testing.T) {
-	db := testDatabase(t)
+	db := pgtest.NewDatabase(t, "sse")
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	args := []string{"-db", db, "-typing-delay", "1ms"}
 	a := startProc(t, addrA, args...)

@@ -2,20 +2,16 @@ package server_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/steadfast-go/steadfast/examples/internal/pgtest"
 	"github.com/steadfast-go/steadfast/examples/sse/server"
 )
 
@@ -36,7 +32,7 @@ func BenchmarkSend(b *testing.B) {
 		"sqlite": func(b *testing.B) string { return filepath.Join(b.TempDir(), "e.db") },
 	}
 	if os.Getenv("STEADFAST_POSTGRES") != "" {
-		dbs["postgres"] = benchDatabase
+		dbs["postgres"] = func(b *testing.B) string { return pgtest.NewDatabase(b, "sse_bench") }
 	}
 	for _, name := range []string{"memory", "sqlite", "postgres"} {
 		db, ok := dbs[name]
@@ -79,31 +75,6 @@ func benchSession(b *testing.B, hc *http.Client, base string) string {
 		b.Fatal(err)
 	}
 	return body.ID
-}
-
-// benchDatabase creates a database for the benchmark and drops it after.
-func benchDatabase(b *testing.B) string {
-	admin := os.Getenv("STEADFAST_POSTGRES")
-	var r [6]byte
-	rand.Read(r[:])
-	name := "sse_bench_" + hex.EncodeToString(r[:])
-	conn, err := pgx.Connect(context.Background(), admin)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE DATABASE "+name); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), admin); err == nil {
-			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, _ := url.Parse(admin)
-	u.Path = "/" + name
-	return u.String()
 }
 
 // newLoopback serves srv on 127.0.0.1 until the benchmark ends.

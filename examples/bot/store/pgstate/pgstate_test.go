@@ -2,15 +2,12 @@ package pgstate
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net/url"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/steadfast-go/steadfast/examples/internal/pgtest"
+
 	"go.uber.org/goleak"
 
 	"github.com/steadfast-go/steadfast/examples/bot/store"
@@ -18,42 +15,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// NewTestDatabase creates a database of its own for t (dropped at cleanup)
-// on STEADFAST_POSTGRES, or skips t when it is unset.
-func newTestDatabase(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("STEADFAST_POSTGRES")
-	if base == "" {
-		t.Skip("STEADFAST_POSTGRES is not set: no PostgreSQL to test against")
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "botstate_test_" + hex.EncodeToString(b[:])
-	exec := func(sql string) {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exec("CREATE DATABASE " + name)
-	t.Cleanup(func() { exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
 // A write under an older token than the row's is refused and changes
 // nothing; so is a delete.
 func TestStaleHolderWriteIsRefused(t *testing.T) {
-	s, err := Open(context.Background(), newTestDatabase(t))
+	s, err := Open(context.Background(), pgtest.NewDatabase(t, "botstate"))
 	if err != nil {
 		t.Fatal(err)
 	}
