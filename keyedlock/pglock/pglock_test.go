@@ -102,7 +102,8 @@ func query[T any](t testing.TB, u, sql string, args ...any) T {
 func lockRows(t testing.TB, u, key string, granted bool) int {
 	id := uint64(LockID(key))
 	return query[int](t, u, `SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
-		AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted = $3`, int64(id>>32), int64(id&0xffffffff), granted)
+		AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted = $3
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, int64(id>>32), int64(id&0xffffffff), granted)
 }
 
 // eventually polls cond for at most 10 s.
@@ -222,7 +223,7 @@ func TestTerminatedBackendSignalsLostLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	adminExec(t, u, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()`)
+	adminExec(t, u, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
 	select {
 	case <-ls.Context().Done():
 	case <-time.After(5 * time.Second):
