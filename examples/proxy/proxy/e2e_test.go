@@ -36,8 +36,10 @@ func TestFailoverFailbackFlapClientsNeverNotice(t *testing.T) {
 			subIDs[w] = append(subIDs[w], w.subscribe(k))
 		}
 	}
-	total := int64(len(clients) * len(kinds))
-	eventually(t, 5*time.Second, "all subscriptions on the primary", func() bool {
+	// One upstream subscription per distinct subscription: 12 client
+	// subscriptions of 3 kinds are 3 on the node.
+	const total = 3
+	eventually(t, 5*time.Second, "one subscription per distinct kind on the primary", func() bool {
 		return primary.Subscriptions() == total && backup.Subscriptions() == 0
 	})
 	for _, w := range clients {
@@ -143,8 +145,11 @@ func TestFailoverFailbackFlapClientsNeverNotice(t *testing.T) {
 	if got := m["steadfast_proxy_ws_clients"]; got != 3 {
 		t.Errorf("ws_clients = %v, want 3", got)
 	}
-	if got := m["steadfast_proxy_subscriptions"]; got != float64(total) {
-		t.Errorf("subscriptions = %v, want %d", got, total)
+	if got := m["steadfast_proxy_subscriptions"]; got != float64(len(clients)*len(kinds)) {
+		t.Errorf("subscriptions = %v, want %d", got, len(clients)*len(kinds))
+	}
+	if got := m["steadfast_proxy_upstream_subscriptions"]; got != total {
+		t.Errorf("upstream_subscriptions = %v, want %d", got, total)
 	}
 	if got := m[`steadfast_proxy_replay_replies_total{outcome="ok"}`]; got < float64(6*total) || got > float64(6*total)+flapReplays {
 		t.Errorf("replay replies ok = %v, want %d (3 failovers + 3 failbacks x %d subscriptions) + at most %v while flapping", got, 6*total, total, flapReplays)
@@ -168,19 +173,25 @@ func TestFailoverFailbackFlapClientsNeverNotice(t *testing.T) {
 
 // TestUnsubscribeAfterSwitchUsesCurrentUpstreamID: eth_unsubscribe with the
 // client's original id, after a failover, removes the subscription on the
-// upstream now serving it, and notifications for it stop.
+// upstream now serving it (it was the last of its kind), and notifications
+// for it stop; a second client's subscription of the other kind, and the
+// first client's, carry on.
 func TestUnsubscribeAfterSwitchUsesCurrentUpstreamID(t *testing.T) {
 	c := newCluster(t, []string{"primary", "backup"}, blockTime, nil)
 	primary, backup := c.nodes[0], c.nodes[1]
 	c.waitCurrent(t, "primary", 5*time.Second)
 	w := dialClient(t, c, "client")
 	keep := w.subscribe("newHeads")
-	drop := w.subscribe("newHeads")
+	// Other params make it a subscription of its own on the node.
+	drop := w.subscribe("newHeads", map[string]bool{"distinct": true})
+	other := dialClient(t, c, "other")
+	otherKeep := other.subscribe("newHeads")
 	w.waitMoreHeads(2, 5*time.Second)
 
 	primary.Kill()
 	eventually(t, 10*time.Second, "session on the backup", func() bool { return backup.Subscriptions() == 2 })
 	w.waitMoreHeads(2, 5*time.Second)
+	otherBefore := other.headCount(otherKeep)
 
 	id := w.send("eth_unsubscribe", drop)
 	if m := w.result(id, 5*time.Second); m.Error != nil || string(m.Result) != "true" {
@@ -198,7 +209,17 @@ func TestUnsubscribeAfterSwitchUsesCurrentUpstreamID(t *testing.T) {
 	if m := w.result(id, 5*time.Second); m.Error == nil {
 		t.Fatalf("second unsubscribe succeeded: %s", m.Result)
 	}
+	// The kept newHeads is shared with the other client: unsubscribing keep
+	// leaves the upstream subscription to the other client.
+	if m := w.result(w.send("eth_unsubscribe", keep), 5*time.Second); m.Error != nil {
+		t.Fatalf("unsubscribe keep: %v", m.Error)
+	}
+	other.wait(5*time.Second, "3 more heads for the other client", func() bool { return len(other.heads[otherKeep]) >= otherBefore+3 })
+	if n := backup.Subscriptions(); n != 1 {
+		t.Fatalf("node has %d subscriptions, want the other client's newHeads only", n)
+	}
 	w.check()
+	other.check()
 }
 
 // TestHangFailsOverAndNeverRepeatsSendRawTransaction: a primary that
@@ -536,8 +557,9 @@ func TestUpstreamCloseFrameIsAFailoverNotAClosedClient(t *testing.T) {
 	w.waitMoreHeads(2, 5*time.Second)
 	for range 3 {
 		before := sum(c.metrics(t), `steadfast_proxy_ws_session_switches_total`)
-		if n := primary.CloseWebSockets(); n != 1 {
-			t.Fatalf("closed %d upstream connections, want 1", n)
+		// Two: the session's own (requests) and the hub's (subscriptions).
+		if n := primary.CloseWebSockets(); n != 2 {
+			t.Fatalf("closed %d upstream connections, want 2", n)
 		}
 		id := w.send("eth_chainId")
 		eventually(t, 5*time.Second, "session moved", func() bool {

@@ -212,7 +212,11 @@ func TestClientDisconnectReleasesEverything(t *testing.T) {
 		w.send("eth_blockNumber") // possibly still in flight when the client leaves
 		clients = append(clients, w)
 	}
-	eventually(t, 5*time.Second, "every subscription on the node", func() bool { return primary.Subscriptions() == 2*n })
+	// One upstream subscription per distinct subscription, not per client.
+	eventually(t, 5*time.Second, "both kinds on the node", func() bool { return primary.Subscriptions() == 2 })
+	if got := c.metrics(t)["steadfast_proxy_subscriptions"]; got != 2*n {
+		t.Fatalf("subscriptions gauge = %v, want %d", got, 2*n)
+	}
 	if got := c.metrics(t)["steadfast_proxy_ws_clients"]; got != n {
 		t.Fatalf("ws_clients = %v, want %d", got, n)
 	}
@@ -227,7 +231,8 @@ func TestClientDisconnectReleasesEverything(t *testing.T) {
 	eventually(t, 5*time.Second, "sessions and upstream subscriptions released", func() bool {
 		m := c.metrics(t)
 		return m["steadfast_proxy_ws_clients"] == 0 && m["steadfast_proxy_subscriptions"] == 0 &&
-			m["steadfast_proxy_queued_messages"] == 0 && primary.Subscriptions() == 0
+			m["steadfast_proxy_queued_messages"] == 0 && m["steadfast_proxy_upstream_subscriptions"] == 0 &&
+			primary.Subscriptions() == 0
 	})
 }
 

@@ -81,7 +81,7 @@ func (m *metrics) observe(method string, up int, start time.Time) {
 
 const ns = "steadfast_proxy"
 
-func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string, cacheBytes func() int64) *metrics {
+func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string, cacheBytes func() int64, shared func() int) *metrics {
 	m := &metrics{
 		reqCache: make([]atomic.Pointer[prometheus.Counter], (len(methodList)+1)*len(upNames)*len(transportNames)),
 		durCache: make([]atomic.Pointer[prometheus.Observer], (len(methodList)+1)*len(upNames)),
@@ -138,11 +138,14 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 	m.reg.MustRegister(
 		gauge("ws_clients", "Connected WebSocket clients.", func() float64 { c, _, _ := sessions(); return float64(c) }),
 		gauge("subscriptions", "Active client subscriptions.", func() float64 { _, n, _ := sessions(); return float64(n) }),
+		gauge("upstream_subscriptions", "Upstream subscriptions the proxy holds: one per distinct eth_subscribe, shared by every client that asked for it.",
+			func() float64 { return float64(shared()) }),
 		gauge("queued_messages", "Client messages waiting in switch queues now.", func() float64 { _, _, q := sessions(); return float64(q) }),
 	)
 	// Make the dropped and error series exist at 0 so dashboards and tests
 	// see them before the first event.
 	m.dropped.WithLabelValues(dropClientGone)
+	m.dropped.WithLabelValues(dropSlowClient)
 	for _, r := range []string{denyMethod, denyRateLimit, denyAuth, denyLogsRange, denyTooLarge} {
 		m.denied.WithLabelValues(r)
 	}
@@ -154,7 +157,12 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 // the proxy cannot serve (queue full, no upstream, upstream lost) are
 // answered with JSON-RPC errors, counted in request_errors_total, and are
 // not dropped.
-const dropClientGone = "client_gone"
+// dropSlowClient: messages for a client that fell more than
+// Config.ClientBufferBytes behind and was disconnected (close code 1013).
+const (
+	dropClientGone = "client_gone"
+	dropSlowClient = "slow_client"
+)
 
 // statusCollector reports the failover group's view at scrape time.
 type statusCollector struct{ g *failover.Group[*upstream] }

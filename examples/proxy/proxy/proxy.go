@@ -44,7 +44,10 @@ const (
 	DefaultSwitchTimeout  = 5 * time.Second
 	DefaultQueueSize      = 1000
 	DefaultQueueBytes     = 8 << 20
-	DefaultMaxBodyBytes   = 8 << 20
+	// DefaultClientBufferBytes bounds what waits to be written to one
+	// WebSocket client; a client further behind is disconnected.
+	DefaultClientBufferBytes = 4 << 20
+	DefaultMaxBodyBytes      = 8 << 20
 	// DefaultMaxReplyBytes bounds an upstream's HTTP reply (large
 	// eth_getLogs or trace results); a larger one is answered with an
 	// internal error, never forwarded truncated.
@@ -88,6 +91,12 @@ type Config struct {
 	// QueueSize and QueueBytes bound each WebSocket session's switch queue.
 	QueueSize  int
 	QueueBytes int
+	// ClientBufferBytes bounds the replies and notifications waiting to
+	// be written to one WebSocket client (0: DefaultClientBufferBytes).
+	// A client that falls further behind is disconnected with close code
+	// 1013 (try again later) and its messages are counted as dropped
+	// (reason slow_client), so one slow reader never holds up the others.
+	ClientBufferBytes int
 	// MaxInFlight bounds the requests one WebSocket client may have
 	// awaiting a reply (sent upstream or queued); more are answered at once
 	// with jsonrpc.CodeTooManyInFlight, so a client that never waits cannot
@@ -179,13 +188,16 @@ func (c *Config) setDefaults() error {
 	if c.QueueBytes == 0 {
 		c.QueueBytes = DefaultQueueBytes
 	}
+	if c.ClientBufferBytes == 0 {
+		c.ClientBufferBytes = DefaultClientBufferBytes
+	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.MaxSubscriptions == 0 {
 		c.MaxSubscriptions = DefaultMaxSubs
 	}
-	if c.QueueSize < 0 || c.QueueBytes < 0 || c.Rise < 0 || c.Fall < 0 || c.MaxInFlight < 0 || c.MaxSubscriptions < 0 {
+	if c.QueueSize < 0 || c.QueueBytes < 0 || c.ClientBufferBytes < 0 || c.Rise < 0 || c.Fall < 0 || c.MaxInFlight < 0 || c.MaxSubscriptions < 0 {
 		return errors.New("proxy: queue sizes and thresholds must not be negative")
 	}
 	if c.GapFill == 0 {
@@ -283,6 +295,8 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // sessions and the change watcher
 
+	hub *hub // the shared upstream subscriptions
+
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	closed   bool
@@ -297,6 +311,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: cfg.Logger, sessions: make(map[*session]struct{}),
 		allow: newAllowList(cfg.AllowMethods), limit: newLimiter(cfg.RateLimit, cfg.RateBurst),
 		cache: newResultCache(cfg.CacheBytes)}
+	p.hub = newHub(p)
 	for _, t := range cfg.AuthTokens {
 		p.tokens = append(p.tokens, sha256.Sum256([]byte(t)))
 	}
@@ -332,7 +347,7 @@ func New(cfg Config) (*Proxy, error) {
 	for i, u := range p.ups {
 		names[i] = u.Name
 	}
-	p.m = newMetrics(g, p.sessionStats, names, p.cache.bytes)
+	p.m = newMetrics(g, p.sessionStats, names, p.cache.bytes, p.hub.count)
 	changes, stop := g.Subscribe()
 	p.wg.Go(func() {
 		defer stop()
@@ -511,6 +526,9 @@ func (p *Proxy) watchChanges(changes <-chan failover.Change[*upstream]) {
 			s.notifyChange()
 		}
 		p.mu.Unlock()
+		if s := p.hub.running(); s != nil {
+			s.notifyChange()
+		}
 	}
 }
 

@@ -73,6 +73,9 @@ type pendingReq struct {
 	resent   int                                 // times re-sent after losing its upstream (control goroutine only)
 	unsubOf  string                              // eth_unsubscribe: the client's subscription id
 	internal func(x *upConn, m *jsonrpc.Message) // internal requests: consumes the reply
+	// done takes the outcome of the hub's eth_subscribe (the subscription's
+	// id, or why it failed) instead of a client; called without s.mu.
+	done func(id string, e *jsonrpc.Error)
 }
 
 // batchReply collects the replies of one client batch. Guarded by
@@ -103,6 +106,7 @@ type session struct {
 	cur     *upConn // the connection the queue is attached to
 	conns   map[*upConn]struct{}
 	subs    map[string]*subscription
+	joining map[*member]struct{} // shared subscriptions the hub has not confirmed yet
 	pending map[uint64]*pendingReq
 	nextID  uint64
 	// since is when the session lost its upstream (zero while connected);
@@ -110,7 +114,13 @@ type session struct {
 	// then fail fast until an upstream is back.
 	since  time.Time
 	outage bool
-	gone   bool // the client connection failed: nothing more can be written
+
+	// out is what waits to be written to the client, emptied by writeLoop
+	// (wdone is closed when it returns). The hub's session has no client:
+	// out is nil and fan takes its notifications instead.
+	out   *outbox
+	wdone chan struct{}
+	fan   func(id string, result json.RawMessage)
 }
 
 func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -132,15 +142,7 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept wrote the HTTP error
 	}
 	cc.SetReadLimit(p.cfg.MaxBodyBytes)
-	s := &session{
-		p: p, cc: cc, log: p.log.With("client", r.RemoteAddr), client: client,
-		changed: make(chan struct{}, 1), lost: make(chan *upConn, 16), kick: make(chan struct{}, 1),
-		conns: make(map[*upConn]struct{}), subs: make(map[string]*subscription),
-		pending: make(map[uint64]*pendingReq),
-	}
-	s.ctx, s.cancel = context.WithCancel(p.ctx)
-	s.q = s.newQueue()
-	s.since = time.Now() // not attached yet: SwitchTimeout counts from here
+	s := p.newSession(cc, p.log.With("client", r.RemoteAddr), client)
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -159,6 +161,26 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("websocket client connected")
 	s.run()
 	s.log.Debug("websocket client gone")
+}
+
+// newSession makes a session for client connection cc (nil for the hub's
+// own session); run or control starts it.
+func (p *Proxy) newSession(cc *websocket.Conn, log *slog.Logger, client string) *session {
+	s := &session{
+		p: p, cc: cc, log: log, client: client,
+		changed: make(chan struct{}, 1), lost: make(chan *upConn, 16), kick: make(chan struct{}, 1),
+		conns: make(map[*upConn]struct{}), subs: make(map[string]*subscription),
+		joining: make(map[*member]struct{}), pending: make(map[uint64]*pendingReq),
+	}
+	if cc != nil {
+		s.out = newOutbox(p.cfg.ClientBufferBytes, func(reason string, n int) {
+			p.m.dropped.WithLabelValues(reason).Add(float64(n))
+		})
+	}
+	s.ctx, s.cancel = context.WithCancel(p.ctx)
+	s.q = s.newQueue()
+	s.since = time.Now() // not attached yet: SwitchTimeout counts from here
+	return s
 }
 
 func (s *session) newQueue() *replayqueue.Queue[*frame, *frame] {
@@ -184,6 +206,8 @@ func (s *session) wake() {
 }
 
 func (s *session) run() {
+	s.wdone = make(chan struct{})
+	go s.writeLoop(s.wdone)
 	s.wg.Go(s.control)
 	for {
 		// Not s.ctx: cancelling a Read closes the connection, and on proxy
@@ -195,14 +219,14 @@ func (s *session) run() {
 		}
 		s.handleClientFrame(data)
 	}
-	s.mu.Lock()
-	s.gone = true
-	s.mu.Unlock()
+	s.out.dropped(dropClientGone, s.out.kill()) // nothing more can be written
 	s.cancel()
 	s.wg.Wait()
+	<-s.wdone
 }
 
-// shutdown runs when the client left or the proxy closes.
+// shutdown runs when the client left or the proxy closes (for the hub's
+// session: when the proxy closes).
 func (s *session) shutdown() {
 	s.mu.Lock()
 	conns := make([]*upConn, 0, len(s.conns))
@@ -212,23 +236,45 @@ func (s *session) shutdown() {
 	s.conns = map[*upConn]struct{}{}
 	s.cur = nil
 	q := s.q
+	var members []*member
+	for _, sub := range s.subs {
+		if sub.member != nil {
+			members = append(members, sub.member)
+		}
+	}
+	for m := range s.joining {
+		members = append(members, m)
+	}
 	s.mu.Unlock()
+	for _, m := range members {
+		s.p.hub.leave(m)
+	}
 	for _, x := range conns {
 		_ = x.c.CloseNow()
 	}
 	items := q.Fail(nil) // hands the buffered frames back
-	if s.p.ctx.Err() != nil {
-		// The proxy is shutting down but the client is still there: tell it.
+	switch {
+	case s.p.ctx.Err() != nil:
+		// The proxy is shutting down but the client may still be there:
+		// tell it.
 		for _, it := range items {
 			if it.req != nil {
 				s.fail(it.req, jsonrpc.CodeNoUpstream, "proxy shutting down")
 			}
 		}
+		if s.cc == nil {
+			return
+		}
+		s.out.stop()
+		<-s.wdone
 		_ = s.cc.Close(websocket.StatusGoingAway, "proxy shutting down")
-	} else if n := countReqs(items); n > 0 {
-		s.p.m.dropped.WithLabelValues(dropClientGone).Add(float64(n))
+	case countReqs(items) > 0:
+		s.p.m.dropped.WithLabelValues(dropClientGone).Add(float64(countReqs(items)))
 	}
-	_ = s.cc.CloseNow()
+	if s.cc != nil {
+		s.out.stop()
+		_ = s.cc.CloseNow()
+	}
 }
 
 func countReqs(items []*frame) int {

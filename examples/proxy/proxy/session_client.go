@@ -4,13 +4,10 @@ package proxy
 // client, and the replies and errors written back to it.
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
 	"github.com/steadfast-go/steadfast/replayqueue"
@@ -48,8 +45,12 @@ func (s *session) handleClientFrame(data []byte) {
 			s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
 			continue
 		}
-		if m.Method == "eth_unsubscribe" {
+		switch m.Method {
+		case "eth_unsubscribe":
 			s.clientUnsubscribe(m, b)
+			continue
+		case "eth_subscribe":
+			s.clientSubscribe(m, b)
 			continue
 		}
 		s.forward(m, b)
@@ -84,21 +85,12 @@ func (s *session) answerLocked(b *batchReply, reply []byte, code int) {
 	}
 }
 
-// writeLocked writes one message to the client. Called with s.mu held, so
-// the order of decisions is the order on the wire.
+// writeLocked queues one message for the client. Called with s.mu held,
+// so the order of decisions is the order on the wire. The hub's session
+// has no client: its requests answer through pendingReq.done.
 func (s *session) writeLocked(b []byte) {
-	if s.gone {
-		s.p.m.dropped.WithLabelValues(dropClientGone).Inc()
-		return
-	}
-	// Not s.ctx: on proxy shutdown the session still tells the client why.
-	ctx, cancel := context.WithTimeout(context.Background(), clientWriteTimeout)
-	err := s.cc.Write(ctx, websocket.MessageText, b)
-	cancel()
-	if err != nil {
-		s.gone = true
-		s.p.m.dropped.WithLabelValues(dropClientGone).Inc()
-		s.cancel()
+	if s.out != nil {
+		s.out.push(outItem{msg: b})
 	}
 }
 
@@ -110,7 +102,7 @@ func encodeRequest(id uint64, method string, params json.RawMessage) []byte {
 // queue under a proxy id.
 func (s *session) forward(m *jsonrpc.Message, b *batchReply) {
 	req := &pendingReq{clientID: m.ID, method: m.Method, params: m.Params, batch: b,
-		safe: safeToRepeat(m.Method) || m.Method == "eth_subscribe"}
+		safe: safeToRepeat(m.Method)}
 	s.send(req)
 }
 
@@ -123,14 +115,9 @@ func (s *session) send(req *pendingReq) {
 		s.fail(req, jsonrpc.CodeNoUpstream, "no upstream reachable")
 		return
 	}
-	hasReply := req.clientID != nil || req.internal != nil
-	if req.method == "eth_subscribe" && req.internal == nil && len(s.subs) >= s.p.cfg.MaxSubscriptions {
-		s.mu.Unlock()
-		s.fail(req, jsonrpc.CodeTooManySubscriptions, "too many subscriptions on this connection (limit "+
-			strconv.Itoa(s.p.cfg.MaxSubscriptions)+"); unsubscribe first")
-		return
-	}
-	if hasReply && len(s.pending) >= s.p.cfg.MaxInFlight {
+	hasReply := req.clientID != nil || req.internal != nil || req.done != nil
+	// The hub's requests are bounded by the clients' own limits.
+	if hasReply && s.fan == nil && len(s.pending) >= s.p.cfg.MaxInFlight {
 		s.mu.Unlock()
 		s.fail(req, jsonrpc.CodeTooManyInFlight, "too many requests awaiting a reply on this connection (limit "+
 			strconv.Itoa(s.p.cfg.MaxInFlight)+")")
@@ -174,6 +161,10 @@ func (s *session) enqueue(q *replayqueue.Queue[*frame, *frame], req *pendingReq,
 // fail answers req with a JSON-RPC error (internal requests are dropped:
 // no client waits for them).
 func (s *session) fail(req *pendingReq, code int, msg string) {
+	if req.done != nil {
+		req.done("", &jsonrpc.Error{Code: code, Message: msg})
+		return
+	}
 	if req.clientID == nil {
 		if req.batch != nil {
 			s.answer(req.batch, nil, 0)

@@ -17,14 +17,60 @@ import (
 	"github.com/steadfast-go/steadfast/replayqueue"
 )
 
-// subscription is a client subscription, under the id the client knows.
+// subscription is a subscription under the id its holder knows: a client's
+// (shared through the hub: member is set), or one of the hub's topics.
 type subscription struct {
 	id     string
 	kind   string
 	params json.RawMessage
-	// newHeads: what the client has received, for duplicate suppression
-	// and gap filling.
+	member *member
+	// newHeads of the hub's topics: what the members were given, for
+	// duplicate suppression and gap filling.
 	heads headTracker
+}
+
+// clientSubscribe gives the client a subscription of its own id on the
+// hub's shared upstream subscription for these params.
+func (s *session) clientSubscribe(m *jsonrpc.Message, b *batchReply) {
+	if !m.HasID() {
+		s.answer(b, nil, 0) // a notification: nobody could learn the id
+		return
+	}
+	s.mu.Lock()
+	if len(s.subs) >= s.p.cfg.MaxSubscriptions {
+		s.mu.Unlock()
+		e := &jsonrpc.Error{Code: jsonrpc.CodeTooManySubscriptions, Message: "too many subscriptions on this connection (limit " +
+			strconv.Itoa(s.p.cfg.MaxSubscriptions) + "); unsubscribe first"}
+		s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
+		return
+	}
+	sub := &subscription{id: newSubID(), kind: subKind(m.Params), params: m.Params}
+	mem := &member{s: s, sub: sub}
+	sub.member = mem
+	s.joining[mem] = struct{}{}
+	s.mu.Unlock()
+	id := m.ID
+	mem.ready = func(e *jsonrpc.Error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.joining, mem)
+		if e != nil {
+			s.answerLocked(b, jsonrpc.ErrorResponse(id, e), e.Code)
+			return
+		}
+		s.subs[sub.id] = sub
+		s.answerLocked(b, jsonrpc.Response(id, mustJSON(sub.id)), 0)
+	}
+	s.p.hub.join(mem, m.Params)
+}
+
+func subKind(params json.RawMessage) string {
+	var kind string
+	var ps []json.RawMessage
+	if json.Unmarshal(params, &ps) == nil && len(ps) > 0 {
+		_ = json.Unmarshal(ps[0], &kind)
+	}
+	return kind
 }
 
 func (s *session) clientUnsubscribe(m *jsonrpc.Message, b *batchReply) {
@@ -36,29 +82,49 @@ func (s *session) clientUnsubscribe(m *jsonrpc.Message, b *batchReply) {
 	}
 	c := ids[0]
 	s.mu.Lock()
-	if s.subs[c] == nil {
+	sub := s.subs[c]
+	if sub == nil {
 		s.mu.Unlock()
 		e := &jsonrpc.Error{Code: -32000, Message: "subscription not found"}
 		s.answer(b, jsonrpc.ErrorResponse(m.ID, e), e.Code)
 		return
 	}
 	delete(s.subs, c)
-	var curUp string
+	s.mu.Unlock()
+	// Out of the topic before the answer: no notification follows "true".
+	s.p.hub.leave(sub.member)
+	if m.HasID() {
+		s.answer(b, jsonrpc.Response(m.ID, json.RawMessage("true")), 0)
+	} else {
+		s.answer(b, nil, 0)
+	}
+}
+
+// subscribeFor sends the hub's eth_subscribe for params through the
+// session's queue; done gets the subscription's id, or why it failed.
+func (s *session) subscribeFor(params json.RawMessage, done func(string, *jsonrpc.Error)) {
+	s.send(&pendingReq{method: "eth_subscribe", params: params, safe: true, done: done})
+}
+
+// dropSubscription ends the hub's subscription c: out of the replay set,
+// and unsubscribed on every connection that has it.
+func (s *session) dropSubscription(c string) {
+	s.mu.Lock()
+	if s.subs[c] == nil {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.subs, c)
 	type orphan struct {
 		x  *upConn
 		up string
 	}
-	var others []orphan
+	var ups []orphan
 	for x := range s.conns {
 		for up, cid := range x.subs {
-			if cid != c {
-				continue
-			}
-			delete(x.subs, up)
-			if x == s.cur {
-				curUp = up
-			} else {
-				others = append(others, orphan{x, up})
+			if cid == c {
+				delete(x.subs, up)
+				ups = append(ups, orphan{x, up})
 			}
 		}
 		delete(x.fresh, c)
@@ -66,21 +132,9 @@ func (s *session) clientUnsubscribe(m *jsonrpc.Message, b *batchReply) {
 	q := s.q
 	s.mu.Unlock()
 	q.RemoveReplay(c)
-	for _, o := range others {
+	for _, o := range ups {
 		s.unsubscribeInternal(o.x, o.up)
 	}
-	if curUp == "" || m.ID == nil {
-		// Not subscribed upstream right now (mid-switch): the replay set no
-		// longer has it, so it will not come back. Answer here.
-		if m.HasID() {
-			s.answer(b, jsonrpc.Response(m.ID, json.RawMessage("true")), 0)
-		} else if b != nil {
-			s.answer(b, nil, 0)
-		}
-		return
-	}
-	params, _ := json.Marshal([]string{curUp})
-	s.send(&pendingReq{clientID: m.ID, method: m.Method, params: params, batch: b, unsubOf: c})
 }
 
 // unsubscribeInternal drops an upstream subscription nobody wants any
@@ -111,30 +165,29 @@ func newSubID() string {
 	return "0x" + hex.EncodeToString(b[:])
 }
 
-// onSubscribeReply turns the reply to a client's eth_subscribe into a
-// subscription with a proxy id that survives switches.
+// onSubscribeReply turns the reply to the hub's eth_subscribe into a
+// subscription with an id of the hub's that survives switches.
 func (s *session) onSubscribeReply(x *upConn, id uint64, m *jsonrpc.Message) {
 	s.switchMu.RLock() // no Connect while the replay set and the maps change
 	defer s.switchMu.RUnlock()
 	s.mu.Lock()
 	req := s.pending[id]
 	delete(s.pending, id)
-	if req == nil {
+	if req == nil || req.done == nil {
 		s.mu.Unlock()
 		return
 	}
 	var up string
 	if m.Error != nil || json.Unmarshal(m.Result, &up) != nil || up == "" {
-		s.answerLocked(req.batch, replyFor(req.clientID, m), 0)
 		s.mu.Unlock()
+		e := m.Error
+		if e == nil {
+			e = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "upstream answered eth_subscribe without a subscription id"}
+		}
+		req.done("", e)
 		return
 	}
-	var kind string
-	var ps []json.RawMessage
-	if json.Unmarshal(req.params, &ps) == nil && len(ps) > 0 {
-		_ = json.Unmarshal(ps[0], &kind)
-	}
-	sub := &subscription{id: newSubID(), kind: kind, params: req.params}
+	sub := &subscription{id: newSubID(), kind: subKind(req.params), params: req.params}
 	s.subs[sub.id] = sub
 	x.subs[up] = sub.id
 	current := s.cur == x
@@ -149,9 +202,7 @@ func (s *session) onSubscribeReply(x *upConn, id uint64, m *jsonrpc.Message) {
 		// queue's. If it does, the next Connect replays it.
 		s.log.Debug("subscribe reply on a non-current upstream connection", "upstream", x.u.Name)
 	}
-	s.mu.Lock()
-	s.answerLocked(req.batch, jsonrpc.Response(req.clientID, mustJSON(sub.id)), 0)
-	s.mu.Unlock()
+	req.done(sub.id, nil)
 }
 
 func mustJSON(v string) json.RawMessage {
@@ -253,13 +304,13 @@ func (s *session) onNotification(x *upConn, upSub string, result json.RawMessage
 		return // a subscription the client dropped; its upstream side is being removed
 	}
 	if sub.kind != "newHeads" {
-		s.writeLocked(notification(cid, result))
+		s.emitLocked(cid, result)
 		s.mu.Unlock()
 		return
 	}
 	num, hash, isHead := headOf(result)
 	if !isHead {
-		s.writeLocked(notification(cid, result))
+		s.emitLocked(cid, result)
 		s.mu.Unlock()
 		return
 	}
@@ -296,12 +347,18 @@ func (s *session) deliverHeadLocked(sub *subscription, num uint64, hash string, 
 		s.p.m.dupHeads.Inc()
 		return false
 	}
-	s.writeLocked(notification(sub.id, result))
+	s.emitLocked(sub.id, result)
 	return true
 }
 
-func notification(sub string, result json.RawMessage) []byte {
-	return jsonrpc.AppendNotification(make([]byte, 0, 96+len(sub)+len(result)), sub, result)
+// emitLocked delivers a notification of subscription sub: for the hub, to
+// the topic's members; otherwise to the client.
+func (s *session) emitLocked(sub string, result json.RawMessage) {
+	if s.fan != nil {
+		s.fan(sub, result)
+		return
+	}
+	s.out.push(outItem{sub: sub, result: result})
 }
 
 // fetchHeads gets blocks from..to from u as newHeads-shaped headers, to

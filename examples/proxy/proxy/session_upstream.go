@@ -69,7 +69,7 @@ func (s *session) dial(i int) (*upConn, error) {
 	x.q = s.q // before the reader starts: it routes replay replies to x.q
 	s.conns[x] = struct{}{}
 	for id, sub := range s.subs {
-		if sub.kind == "newHeads" {
+		if sub.kind == "newHeads" && sub.member == nil {
 			x.fresh[id] = true
 		}
 	}
