@@ -70,6 +70,7 @@ type fileConfig struct {
 	RequestTimeout string   `json:"request_timeout"`
 	SwitchTimeout  string   `json:"switch_timeout"`
 	QueueSize      int      `json:"queue_size"`
+	ClientBuffer   int      `json:"client_buffer_bytes"`
 	MaxInFlight    int      `json:"max_in_flight"`
 	MaxSubs        int      `json:"max_subscriptions"`
 	AllowMethods   []string `json:"allow_methods"`
@@ -114,6 +115,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.RequestTimeout, "request-timeout", proxy.DefaultRequestTimeout, "timeout of one HTTP request to an upstream")
 	fs.DurationVar(&o.cfg.SwitchTimeout, "switch-timeout", proxy.DefaultSwitchTimeout, "how long WebSocket requests wait for an upstream during a switch")
 	fs.IntVar(&o.cfg.QueueSize, "queue-size", proxy.DefaultQueueSize, "messages each WebSocket session may queue during a switch")
+	fs.IntVar(&o.cfg.ClientBufferBytes, "client-buffer-bytes", proxy.DefaultClientBufferBytes, "bytes of replies and notifications that may wait for one WebSocket client; a client further behind is disconnected")
 	fs.IntVar(&o.cfg.MaxInFlight, "max-in-flight", proxy.DefaultMaxInFlight, "requests each WebSocket client may have awaiting a reply; more get a JSON-RPC error")
 	fs.IntVar(&o.cfg.MaxSubscriptions, "max-subscriptions", proxy.DefaultMaxSubs, "subscriptions each WebSocket client may hold; more get a JSON-RPC error")
 	var allow, tokenFile string
@@ -183,6 +185,9 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.cfg.QueueSize <= 0 {
 		return o, errors.New("-queue-size must be positive")
+	}
+	if o.cfg.ClientBufferBytes <= 0 {
+		return o, errors.New("-client-buffer-bytes must be positive")
 	}
 	if o.cfg.MaxInFlight <= 0 {
 		return o, errors.New("-max-in-flight must be positive")
@@ -311,6 +316,9 @@ func applyFile(o *options, path string, set map[string]bool) error {
 	}
 	if fc.QueueSize != 0 && !set["queue-size"] {
 		o.cfg.QueueSize = fc.QueueSize
+	}
+	if fc.ClientBuffer != 0 && !set["client-buffer-bytes"] {
+		o.cfg.ClientBufferBytes = fc.ClientBuffer
 	}
 	if fc.MaxInFlight != 0 && !set["max-in-flight"] {
 		o.cfg.MaxInFlight = fc.MaxInFlight

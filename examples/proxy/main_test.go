@@ -82,6 +82,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-upstream", "a=http://x,"}, "NAME=HTTP_URL[,WS_URL]"},
 		{[]string{"-upstream", "a=http://x", "-max-body-bytes", "0"}, "-max-body-bytes"},
 		{[]string{"-upstream", "a=http://x", "-max-batch", "-1"}, "-max-batch"},
+		{[]string{"-upstream", "a=http://x", "-client-buffer-bytes", "0"}, "-client-buffer-bytes"},
 		{[]string{"-upstream", "a=http://x", "-max-logs-range", "0"}, "-max-logs-range"},
 		{[]string{"-upstream", "a=http://x", "-rate-limit", "-1"}, "-rate-limit"},
 		{[]string{"-upstream", "a=http://x", "-auth-token-file", filepath.Join(dir, "none")}, "-auth-token-file"},

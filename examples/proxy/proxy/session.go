@@ -71,7 +71,6 @@ type pendingReq struct {
 	sentOn   atomic.Pointer[upConn]
 	batch    *batchReply
 	resent   int                                 // times re-sent after losing its upstream (control goroutine only)
-	unsubOf  string                              // eth_unsubscribe: the client's subscription id
 	internal func(x *upConn, m *jsonrpc.Message) // internal requests: consumes the reply
 	// done takes the outcome of the hub's eth_subscribe (the subscription's
 	// id, or why it failed) instead of a client; called without s.mu.

@@ -4,7 +4,6 @@ package proxy
 // (break-before-make) and failback (make-before-break).
 
 import (
-	"encoding/json"
 	"errors"
 	"slices"
 	"time"
@@ -222,8 +221,6 @@ func (s *session) retry(req *pendingReq, cause error) {
 	switch {
 	case req.internal != nil:
 		// nothing waits for it
-	case req.unsubOf != "":
-		s.answer(req.batch, jsonrpc.Response(req.clientID, json.RawMessage("true")), 0)
 	case req.safe && req.resent < maxResend:
 		req.resent++
 		req.sentOn.Store(nil)

@@ -166,14 +166,7 @@ func (s *session) onReply(x *upConn, id uint64, m *jsonrpc.Message) {
 		req.internal(x, m)
 		return
 	}
-	switch {
-	case req.unsubOf != "":
-		// The client's subscription is gone whatever the upstream says
-		// (after a switch its upstream id may be unknown there).
-		s.answerLocked(req.batch, jsonrpc.Response(req.clientID, json.RawMessage("true")), 0)
-	default:
-		s.answerLocked(req.batch, replyFor(req.clientID, m), 0)
-	}
+	s.answerLocked(req.batch, replyFor(req.clientID, m), 0)
 	s.mu.Unlock()
 }
 
