@@ -350,6 +350,19 @@ func (n *Node) SetFinalityDepth(depth uint64) { n.finality.Store(depth) }
 // Close kills the node for good.
 func (n *Node) Close() { n.Kill() }
 
+// WebSockets returns the number of open WebSocket connections.
+func (n *Node) WebSockets() int {
+	n.mu.Lock()
+	inc := n.cur
+	n.mu.Unlock()
+	if inc == nil {
+		return 0
+	}
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	return len(inc.conns)
+}
+
 // Subscriptions returns how many subscriptions are live on the node, over
 // all its WebSocket connections.
 func (n *Node) Subscriptions() int64 { return n.active.Load() }

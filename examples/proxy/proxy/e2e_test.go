@@ -310,9 +310,26 @@ func TestQueueFullAndNoUpstreamAreAnswered(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "subscription replayed on the backup", func() bool { return backup.Subscriptions() == 1 })
 	w.waitMoreHeads(3, 10*time.Second)
-	id = w.send("eth_chainId")
-	if m := w.result(id, 5*time.Second); m.Error != nil || string(m.Result) != `"0x539"` {
-		t.Fatalf("eth_chainId after recovery: %+v", m)
+	// The session's own upstream connection (requests) comes back on its
+	// own schedule, apart from the hub's (subscriptions): until then each
+	// request is answered at once with no-upstream, never left waiting.
+	recovered := false
+	for range 200 {
+		m := w.result(w.send("eth_chainId"), 5*time.Second)
+		if m.Error == nil {
+			if string(m.Result) != `"0x539"` {
+				t.Fatalf("eth_chainId after recovery: %s", m.Result)
+			}
+			recovered = true
+			break
+		}
+		if m.Error.Code != jsonrpc.CodeNoUpstream {
+			t.Fatalf("eth_chainId while the session reconnects: %+v", m)
+		}
+		time.Sleep(50 * time.Millisecond) // pacing of a bounded retry loop, not synchronisation
+	}
+	if !recovered {
+		t.Fatal("requests still fail 10 s after the backup came back")
 	}
 	w.mu.Lock()
 	n := len(w.subs)
@@ -553,7 +570,14 @@ func TestUpstreamCloseFrameIsAFailoverNotAClosedClient(t *testing.T) {
 	w := dialClient(t, c, "client")
 	w.subscribe("newHeads")
 	w.subscribe("logs")
-	eventually(t, 5*time.Second, "subscriptions on the primary", func() bool { return primary.Subscriptions() == 2 })
+	// A request makes the session dial an upstream connection of its own
+	// (subscriptions alone live on the hub's).
+	if m := w.result(w.send("eth_chainId"), 5*time.Second); m.Error != nil {
+		t.Fatal(m.Error)
+	}
+	eventually(t, 5*time.Second, "subscriptions and both connections on the primary", func() bool {
+		return primary.Subscriptions() == 2 && primary.WebSockets() == 2
+	})
 	w.waitMoreHeads(2, 5*time.Second)
 	for range 3 {
 		before := sum(c.metrics(t), `steadfast_proxy_ws_session_switches_total`)
@@ -568,7 +592,9 @@ func TestUpstreamCloseFrameIsAFailoverNotAClosedClient(t *testing.T) {
 		if m := w.result(id, 5*time.Second); m.Error != nil {
 			t.Fatalf("request during the switch: %v", m.Error)
 		}
-		eventually(t, 5*time.Second, "session back on the primary", func() bool { return primary.Subscriptions() == 2 })
+		eventually(t, 5*time.Second, "session and hub back on the primary", func() bool {
+			return primary.Subscriptions() == 2 && primary.WebSockets() == 2
+		})
 		w.waitMoreHeads(2, 5*time.Second)
 	}
 	if err := w.readErr(); err != nil {

@@ -143,9 +143,9 @@ func TestFailbackWithin2sWithDefaultChecks(t *testing.T) {
 
 // TestQueuedRequestsKeepClientOrderAcrossSwitch: requests a client sends
 // while its session has no upstream are queued and reach the next
-// upstream in the order the client sent them, after the replayed
-// subscription, including requests sent while the session reconnects; each
-// is answered once.
+// upstream in the order the client sent them, including requests sent
+// while the session reconnects; each is answered once, and the hub replays
+// the subscription once.
 func TestQueuedRequestsKeepClientOrderAcrossSwitch(t *testing.T) {
 	c := newCluster(t, []string{"primary", "backup"}, blockTime, func(cfg *proxy.Config) {
 		cfg.SwitchTimeout = 30 * time.Second // keep everything queued until the backup returns
@@ -188,6 +188,11 @@ func TestQueuedRequestsKeepClientOrderAcrossSwitch(t *testing.T) {
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("backup received\n%v\nwant the client's order\n%v", got, want)
 	}
+	// The subscription lives on the hub's connection, replayed on its own
+	// schedule: once, not once per session.
+	eventually(t, 10*time.Second, "the subscription replayed on the backup", func() bool {
+		return len(backup.WSCalls("eth_subscribe")) >= 1
+	})
 	if subs := backup.WSCalls("eth_subscribe"); len(subs) != 1 {
 		t.Fatalf("backup got %d eth_subscribe calls, want the one replay", len(subs))
 	}

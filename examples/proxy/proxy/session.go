@@ -108,9 +108,12 @@ type session struct {
 	joining map[*member]struct{} // shared subscriptions the hub has not confirmed yet
 	pending map[uint64]*pendingReq
 	nextID  uint64
-	// since is when the session lost its upstream (zero while connected);
-	// outage is set once that lasted longer than SwitchTimeout: requests
-	// then fail fast until an upstream is back.
+	// wantUp is set by the first request: a session that only holds
+	// subscriptions (they live in the hub) never dials an upstream.
+	wantUp bool
+	// since is when the session lost its upstream, or first wanted one
+	// (zero while connected); outage is set once that lasted longer than
+	// SwitchTimeout: requests then fail fast until an upstream is back.
 	since  time.Time
 	outage bool
 
@@ -178,7 +181,6 @@ func (p *Proxy) newSession(cc *websocket.Conn, log *slog.Logger, client string) 
 	}
 	s.ctx, s.cancel = context.WithCancel(p.ctx)
 	s.q = s.newQueue()
-	s.since = time.Now() // not attached yet: SwitchTimeout counts from here
 	return s
 }
 

@@ -128,8 +128,16 @@ func (s *session) send(req *pendingReq) {
 	if hasReply {
 		s.pending[req.upID] = req
 	}
+	first := !s.wantUp
+	if first {
+		s.wantUp = true
+		s.since = time.Now() // SwitchTimeout counts from here
+	}
 	q := s.q
 	s.mu.Unlock()
+	if first {
+		s.notifyChange() // the control goroutine dials; the queue holds req until then
+	}
 	if req.frame == nil {
 		req.frame = &frame{data: encodeRequest(req.upID, req.method, req.params), req: req}
 	}

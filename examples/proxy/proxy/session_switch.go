@@ -50,6 +50,9 @@ func (s *session) retryIn(delay time.Duration) (time.Duration, bool) {
 	want, ok := s.pick()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.wantUp {
+		return 0, false
+	}
 	if s.cur == nil {
 		if !s.outage {
 			left := s.p.cfg.SwitchTimeout - time.Since(s.since)
@@ -70,8 +73,11 @@ func (s *session) retryIn(delay time.Duration) (time.Duration, bool) {
 func (s *session) reconcile(skip int) bool {
 	want, ok := s.pick()
 	s.mu.Lock()
-	cur := s.cur
+	cur, wantUp := s.cur, s.wantUp
 	s.mu.Unlock()
+	if !wantUp {
+		return true // no request yet: nothing to connect
+	}
 	if cur != nil {
 		if !ok || want == cur.u.index {
 			return true
