@@ -289,13 +289,10 @@ func (n *Node) Kill() {
 // (status 1001, going away), as a node does on a graceful restart or when
 // it sheds load, but keeps serving. It returns how many it closed.
 func (n *Node) CloseWebSockets() int {
-	n.mu.Lock()
-	inc := n.cur
-	n.mu.Unlock()
+	inc := n.lockCurrent()
 	if inc == nil {
 		return 0
 	}
-	inc.mu.Lock()
 	defer inc.mu.Unlock()
 	select {
 	case <-inc.stop:
@@ -352,15 +349,24 @@ func (n *Node) Close() { n.Kill() }
 
 // WebSockets returns the number of open WebSocket connections.
 func (n *Node) WebSockets() int {
-	n.mu.Lock()
-	inc := n.cur
-	n.mu.Unlock()
+	inc := n.lockCurrent()
 	if inc == nil {
 		return 0
 	}
-	inc.mu.Lock()
 	defer inc.mu.Unlock()
 	return len(inc.conns)
+}
+
+// lockCurrent returns the running incarnation with its mu held, or nil
+// when the node is down.
+func (n *Node) lockCurrent() *incarnation {
+	n.mu.Lock()
+	inc := n.cur
+	n.mu.Unlock()
+	if inc != nil {
+		inc.mu.Lock()
+	}
+	return inc
 }
 
 // Subscriptions returns how many subscriptions are live on the node, over
