@@ -147,6 +147,11 @@ func (s *session) writeLoop(done chan<- struct{}) {
 			return
 		}
 		spare = batch
-		<-s.out.wake
+		if len(batch) == 0 {
+			// Wait only when nothing was queued: a batch taken after the
+			// last signal (stop's included) must be followed by another
+			// take, or the writer would sleep on a signal already used.
+			<-s.out.wake
+		}
 	}
 }
