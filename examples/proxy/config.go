@@ -82,6 +82,7 @@ type fileConfig struct {
 	MaxLogsRange   int64    `json:"max_logs_range"`
 	CacheBytes     *int64   `json:"cache_bytes"`
 	Coalesce       *bool    `json:"coalesce"`
+	ReuseLatest    string   `json:"reuse_latest"`
 }
 
 const usageText = `Usage: proxy [flags]
@@ -129,6 +130,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.Int64Var(&o.cfg.MaxLogsRange, "max-logs-range", proxy.DefaultMaxLogsRange, "most blocks one eth_getLogs may span (-1: no limit)")
 	fs.Int64Var(&o.cfg.CacheBytes, "cache-bytes", proxy.DefaultCacheBytes, "bytes of immutable answers (by block hash or finalized number) to cache; 0: no cache")
 	fs.BoolVar(&noCoalesce, "no-coalesce", false, "send every read upstream, even when an identical one is in flight")
+	fs.DurationVar(&o.cfg.ReuseLatest, "reuse-latest", proxy.DefaultReuseLatest, "longest an eth_blockNumber or latest-block answer is reused while no new head has arrived (followed over WebSocket); 0: never")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained demo: two fake nodes, the proxy, a client; kill and restore the primary")
 	fs.DurationVar(&o.blockTime, "demo-block-time", time.Second, "block interval of the demo's fake chain")
@@ -208,11 +210,16 @@ func checkLimits(c *proxy.Config) error {
 		return errors.New("-max-logs-range must be a positive number of blocks, or -1 for no limit")
 	case c.CacheBytes < 0:
 		return errors.New("-cache-bytes must not be negative")
+	case c.ReuseLatest < 0:
+		return errors.New("-reuse-latest must not be negative")
 	case c.RateLimit < 0 || c.RateBurst < 0:
 		return errors.New("-rate-limit and -rate-burst must not be negative")
 	}
 	if c.CacheBytes == 0 {
 		c.CacheBytes = -1 // the flag's 0 is "off"; the Config's 0 is "default"
+	}
+	if c.ReuseLatest == 0 {
+		c.ReuseLatest = -1 // likewise
 	}
 	return nil
 }
@@ -308,6 +315,7 @@ func applyFile(o *options, path string, set map[string]bool) error {
 		dur("check-timeout", fc.CheckTimeout, &o.cfg.CheckTimeout),
 		dur("request-timeout", fc.RequestTimeout, &o.cfg.RequestTimeout),
 		dur("switch-timeout", fc.SwitchTimeout, &o.cfg.SwitchTimeout),
+		dur("reuse-latest", fc.ReuseLatest, &o.cfg.ReuseLatest),
 	); err != nil {
 		return err
 	}

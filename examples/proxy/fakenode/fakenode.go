@@ -212,6 +212,8 @@ type incarnation struct {
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	conns map[*websocket.Conn]struct{}
+	// closing holds the connections CloseWebSockets is closing.
+	closing map[*websocket.Conn]struct{}
 }
 
 // Start starts a node named name that follows chain, listening on addr
@@ -281,6 +283,9 @@ func (n *Node) Kill() {
 	for c := range inc.conns {
 		_ = c.CloseNow() // hijacked WebSocket connections, no close frame
 	}
+	for c := range inc.closing {
+		_ = c.CloseNow()
+	}
 	inc.mu.Unlock()
 	inc.wg.Wait()
 }
@@ -299,11 +304,19 @@ func (n *Node) CloseWebSockets() int {
 		return 0
 	default:
 	}
+	n0 := len(inc.conns)
 	for c := range inc.conns {
-		// Close waits for the peer's close frame; Kill waits for these.
+		// Closing ones no longer count as open (WebSockets), so a caller
+		// waiting for new connections is not fooled by these. Close waits
+		// for the peer's close frame; Kill waits for these.
+		delete(inc.conns, c)
+		if inc.closing == nil {
+			inc.closing = make(map[*websocket.Conn]struct{})
+		}
+		inc.closing[c] = struct{}{}
 		inc.wg.Go(func() { _ = c.Close(websocket.StatusGoingAway, "node going away") })
 	}
-	return len(inc.conns)
+	return n0
 }
 
 // Restart listens again on the node's address after Kill. It returns the
@@ -347,7 +360,8 @@ func (n *Node) SetFinalityDepth(depth uint64) { n.finality.Store(depth) }
 // Close kills the node for good.
 func (n *Node) Close() { n.Kill() }
 
-// WebSockets returns the number of open WebSocket connections.
+// WebSockets returns the number of open WebSocket connections (those
+// CloseWebSockets is closing no longer count).
 func (n *Node) WebSockets() int {
 	inc := n.lockCurrent()
 	if inc == nil {
@@ -494,6 +508,7 @@ func (n *Node) serveWS(inc *incarnation, w http.ResponseWriter, r *http.Request)
 	defer func() {
 		inc.mu.Lock()
 		delete(inc.conns, c)
+		delete(inc.closing, c)
 		inc.mu.Unlock()
 		_ = c.CloseNow()
 	}()

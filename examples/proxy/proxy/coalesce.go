@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/steadfast-go/steadfast/examples/proxy/jsonrpc"
 )
@@ -22,6 +23,11 @@ import (
 //     of the key. An answer is therefore never older than the head the
 //     proxy had seen when the request arrived, so a client that saw block
 //     N from the proxy never gets an older "latest" afterwards.
+//   - eth_blockNumber and the "latest" block are also reused until the
+//     next head, when the proxy follows the upstream's heads (follow.go).
+//     The generation of the follower, bumped by every head, switch and
+//     loss, is part of the flight key too, so a reorg's replacement head
+//     at the same height starts new calls.
 //   - Answers are cached only when they can never change: about a block
 //     named by its hash, or by a number at or below the finalized block,
 //     and only successful, non-null results.
@@ -50,9 +56,25 @@ func (p *Proxy) serveShared(m *jsonrpc.Message) (reply []byte, status int, u *up
 			return jsonrpc.AppendResult(make([]byte, 0, 48+len(m.ID)+len(res)), m.ID, res, nil), 200, nil, nil
 		}
 	}
+	var rkey string
+	if p.cfg.ReuseLatest > 0 && headRead(m.Method, m.Params) {
+		rkey = m.Method + "\x00" + string(m.Params)
+		if sh, ok := p.reused(rkey); ok {
+			p.m.reused.Inc()
+			return jsonrpc.AppendResult(make([]byte, 0, 48+len(m.ID)+len(sh.result)), m.ID, sh.result, nil), sh.status, nil, nil
+		}
+	}
+	gen := p.follow.gen.Load() // before head: see keep
 	head := p.head.Load()
-	key := strconv.FormatUint(head, 16) + "\x00" + m.Method + "\x00" + string(m.Params)
-	v, err, dup := p.flight.Do(key, func() (any, error) { return p.sharedCall(m.Method, m.Params) })
+	key := strconv.FormatUint(gen, 16) + "\x00" + strconv.FormatUint(head, 16) + "\x00" + m.Method + "\x00" + string(m.Params)
+	v, err, dup := p.flight.Do(key, func() (any, error) {
+		at := time.Now()
+		sh, err := p.sharedCall(m.Method, m.Params)
+		if err == nil && rkey != "" {
+			p.keep(rkey, gen, head, at, sh)
+		}
+		return sh, err
+	})
 	if dup {
 		p.m.coalesced.Inc()
 	}

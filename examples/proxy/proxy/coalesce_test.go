@@ -129,14 +129,16 @@ func TestCoalescedAndCachedAnswersMatchTheNode(t *testing.T) {
 	}
 	wg.Wait()
 	m := c.metrics(t)
-	if m["steadfast_proxy_coalesced_requests_total"] == 0 || m["steadfast_proxy_cache_hits_total"] == 0 {
-		t.Errorf("coalesced %v, cache hits %v: both should have served requests", m["steadfast_proxy_coalesced_requests_total"], m["steadfast_proxy_cache_hits_total"])
+	if m["steadfast_proxy_coalesced_requests_total"] == 0 || m["steadfast_proxy_cache_hits_total"] == 0 || m["steadfast_proxy_reused_answers_total"] == 0 {
+		t.Errorf("coalesced %v, cache hits %v, reused %v: all should have served requests", m["steadfast_proxy_coalesced_requests_total"],
+			m["steadfast_proxy_cache_hits_total"], m["steadfast_proxy_reused_answers_total"])
 	}
 	if got, sent := c.nodes[0].Requests("eth_getBlockByHash"), int64(16*150/4); got >= sent/2 {
 		t.Errorf("node got %d eth_getBlockByHash for about %d requests: the cache did not serve them", got, sent)
 	}
-	t.Logf("eth_blockNumber: %d through the proxy, %d reached the node (health checks included); coalesced %v, cache hits %v",
-		blockNumbers.Load(), c.nodes[0].Requests("eth_blockNumber"), m["steadfast_proxy_coalesced_requests_total"], m["steadfast_proxy_cache_hits_total"])
+	t.Logf("eth_blockNumber: %d through the proxy, %d reached the node (health checks included); coalesced %v, cache hits %v, reused %v",
+		blockNumbers.Load(), c.nodes[0].Requests("eth_blockNumber"), m["steadfast_proxy_coalesced_requests_total"],
+		m["steadfast_proxy_cache_hits_total"], m["steadfast_proxy_reused_answers_total"])
 }
 
 // TestWritesAreNeverShared: identical eth_sendRawTransaction requests sent

@@ -78,7 +78,14 @@ type cluster struct {
 
 func newCluster(t testing.TB, names []string, blockTime time.Duration, tune func(*proxy.Config)) *cluster {
 	t.Helper()
-	c := &cluster{chain: fakenode.NewChain(1337, blockTime)}
+	return newClusterOn(t, fakenode.NewChain(1337, blockTime), names, tune)
+}
+
+// newClusterOn is newCluster on a given chain (NewManualChain, say),
+// which it closes at the end of the test.
+func newClusterOn(t testing.TB, chain *fakenode.Chain, names []string, tune func(*proxy.Config)) *cluster {
+	t.Helper()
+	c := &cluster{chain: chain}
 	t.Cleanup(c.chain.Close)
 	var ups []proxy.Upstream
 	for _, name := range names {

@@ -28,6 +28,7 @@ type metrics struct {
 	denied        *prometheus.CounterVec // reason
 	coalesced     prometheus.Counter
 	cacheHits     prometheus.Counter
+	reused        prometheus.Counter
 	duration      *prometheus.HistogramVec // method, upstream (HTTP)
 	durCache      []atomic.Pointer[prometheus.Observer]
 
@@ -81,7 +82,7 @@ func (m *metrics) observe(method string, up int, start time.Time) {
 
 const ns = "steadfast_proxy"
 
-func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string, cacheBytes func() int64, shared func() int) *metrics {
+func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, queued int), upNames []string, cacheBytes func() int64, shared func() int, head func() uint64) *metrics {
 	m := &metrics{
 		reqCache: make([]atomic.Pointer[prometheus.Counter], (len(methodList)+1)*len(upNames)*len(transportNames)),
 		durCache: make([]atomic.Pointer[prometheus.Observer], (len(methodList)+1)*len(upNames)),
@@ -124,12 +125,14 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 		Help: "HTTP reads answered by an identical upstream call already in flight."})
 	m.cacheHits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_hits_total",
 		Help: "HTTP reads answered from the cache of immutable results."})
+	m.reused = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reused_answers_total",
+		Help: "HTTP reads of eth_blockNumber or the latest block answered again from the current head's answer."})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
 		Help:    "Time to answer HTTP requests that reached an upstream, by method and upstream.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"method", "upstream"})
 	m.reg.MustRegister(m.requests, m.requestErrors, m.retries, m.switches, m.wsSwitches,
 		m.queued, m.dropped, m.replayed, m.replayReplies, m.dupHeads, m.gapHeads,
-		m.denied, m.coalesced, m.cacheHits, m.duration, &statusCollector{g: g},
+		m.denied, m.coalesced, m.cacheHits, m.reused, m.duration, &statusCollector{g: g},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_bytes",
 			Help: "Bytes held by the cache of immutable results."}, func() float64 { return float64(cacheBytes()) }))
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
@@ -140,6 +143,8 @@ func newMetrics(g *failover.Group[*upstream], sessions func() (clients, subs, qu
 		gauge("subscriptions", "Active client subscriptions.", func() float64 { _, n, _ := sessions(); return float64(n) }),
 		gauge("upstream_subscriptions", "Upstream subscriptions the proxy holds: one per distinct eth_subscribe, shared by every client that asked for it.",
 			func() float64 { return float64(shared()) }),
+		gauge("head_block", "The highest block number the proxy has seen: from health checks, relayed answers and the newHeads it follows.",
+			func() float64 { return float64(head()) }),
 		gauge("queued_messages", "Client messages waiting in switch queues now.", func() float64 { _, _, q := sessions(); return float64(q) }),
 	)
 	// Make the dropped and error series exist at 0 so dashboards and tests

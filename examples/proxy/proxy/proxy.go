@@ -58,6 +58,7 @@ const (
 	DefaultMaxBatch      = 1000
 	DefaultMaxLogsRange  = 10000
 	DefaultCacheBytes    = 64 << 20
+	DefaultReuseLatest   = time.Second
 )
 
 // Upstream names one execution node: HTTP and WebSocket JSON-RPC URLs
@@ -134,6 +135,13 @@ type Config struct {
 	// among identical in-flight reads.
 	CacheBytes int64
 	NoCoalesce bool
+	// ReuseLatest is how long an answer to eth_blockNumber or the "latest"
+	// block may be given again while no new head has arrived
+	// (DefaultReuseLatest; negative: never). The proxy learns of new heads
+	// from a newHeads subscription of its own on the selected upstream,
+	// made at the first such read; an upstream without a WebSocket URL
+	// gets no reuse. See follow.go for the rules.
+	ReuseLatest time.Duration
 	// Logger receives structured logs (slog.Default() when nil).
 	Logger *slog.Logger
 	// OnSwitch, if set, is called (from one goroutine, in order) whenever
@@ -219,6 +227,9 @@ func (c *Config) setLimitDefaults() error {
 	if c.CacheBytes == 0 {
 		c.CacheBytes = DefaultCacheBytes
 	}
+	if c.ReuseLatest == 0 {
+		c.ReuseLatest = DefaultReuseLatest
+	}
 	if c.MaxBodyBytes < 0 || c.MaxBatch < 0 || c.RateLimit < 0 || c.RateBurst < 0 {
 		return errors.New("proxy: limits must not be negative")
 	}
@@ -290,6 +301,7 @@ type Proxy struct {
 	// relayed answers); finalized the highest finalized block an upstream
 	// reported. Both only grow.
 	head, finalized atomic.Uint64
+	follow          headFollower
 
 	ctx    context.Context // cancelled by Close; sessions derive from it
 	cancel context.CancelFunc
@@ -347,7 +359,7 @@ func New(cfg Config) (*Proxy, error) {
 	for i, u := range p.ups {
 		names[i] = u.Name
 	}
-	p.m = newMetrics(g, p.sessionStats, names, p.cache.bytes, p.hub.count)
+	p.m = newMetrics(g, p.sessionStats, names, p.cache.bytes, p.hub.count, p.head.Load)
 	changes, stop := g.Subscribe()
 	p.wg.Go(func() {
 		defer stop()
@@ -509,6 +521,7 @@ func (p *Proxy) Probe(ctx context.Context) error {
 func (p *Proxy) watchChanges(changes <-chan failover.Change[*upstream]) {
 	for c := range changes {
 		p.m.switches.WithLabelValues(c.Reason.String()).Inc()
+		p.follow.moved()
 		from := "none"
 		if c.FromIndex >= 0 {
 			from = c.From.Name
