@@ -40,19 +40,6 @@ for m in "$PROXYD_MODULE" "$ERPC_MODULE"; do
 	fi
 done
 
-node_http=http://127.0.0.1:18545
-node_ws=ws://127.0.0.1:18545
-maxblock=10000
-if [ -n "${GETH:-}" ]; then
-	"$GETH" --dev --dev.period 1 --datadir "$out/geth" --http --http.addr 127.0.0.1 --http.port 18545 \
-		--ws --ws.addr 127.0.0.1 --ws.port 18547 --http.api eth,net,web3 --ws.api eth,net,web3 \
-		--port 0 --nodiscover --verbosity 1 &
-	pids+=($!)
-	node_ws=ws://127.0.0.1:18547
-else
-	"$out/bin/fakenode" -listen 127.0.0.1:18545 -blocks "$maxblock" &
-	pids+=($!)
-fi
 wait_up() { # URL: until it answers eth_blockNumber, at most 20 s
 	for _ in $(seq 200); do
 		"$out/bin/rpcload" -url "$1" -c 1 -d 50ms >/dev/null 2>&1 && return 0
@@ -61,12 +48,42 @@ wait_up() { # URL: until it answers eth_blockNumber, at most 20 s
 	echo "$1 never answered" >&2
 	return 1
 }
+node_http=http://127.0.0.1:18545
+node_ws=ws://127.0.0.1:18545
+maxblock=10000
+if [ -n "${GETH:-}" ]; then
+	# A chain of $maxblock blocks for the varying reads: geth --dev with
+	# --dev.period 0 seals a block per transaction, so rpcload -mine sends
+	# that many; then the same datadir is served with a block a second.
+	maxblock="${GETH_BLOCKS:-2000}"
+	geth_run() { # PERIOD
+		"$GETH" --dev --dev.period "$1" --datadir "$out/geth" --http --http.addr 127.0.0.1 --http.port 18545 \
+			--ws --ws.addr 127.0.0.1 --ws.port 18547 --http.api eth,net,web3 --ws.api eth,net,web3 \
+			--port 0 --nodiscover --verbosity 1 &
+		geth_pid=$!
+		pids+=($geth_pid)
+	}
+	rm -rf "$out/geth"
+	geth_run 0
+	wait_up "$node_http"
+	echo "== mining $maxblock blocks"
+	"$out/bin/rpcload" -url "$node_http" -mine "$maxblock"
+	kill "$geth_pid" && wait "$geth_pid" || true
+	geth_run 1
+	node_ws=ws://127.0.0.1:18547
+else
+	"$out/bin/fakenode" -listen 127.0.0.1:18545 -blocks "$maxblock" &
+	pids+=($!)
+fi
 wait_up "$node_http"
-"$out/bin/steadfast-proxy" -listen 127.0.0.1:18546 -upstream "node=$node_http,$node_ws" -log-level warn &
+# -cache-bytes 0: the varying reads measure forwarding, not the cache
+# (geth --dev finalizes blocks 16 behind its head, which the cache would
+# serve); eth_blockNumber and "latest" never touch that cache anyway.
+"$out/bin/steadfast-proxy" -listen 127.0.0.1:18546 -upstream "node=$node_http,$node_ws" -cache-bytes 0 -log-level warn &
 pids+=($!)
 declare -A url=([direct]="$node_http" [steadfast]=http://127.0.0.1:18546)
 if [ -n "${BASELINE:-}" ]; then # another build of the proxy, e.g. an older commit, as "baseline"
-	"$BASELINE" -listen 127.0.0.1:18550 -upstream "node=$node_http,$node_ws" -log-level warn &
+	"$BASELINE" -listen 127.0.0.1:18550 -upstream "node=$node_http,$node_ws" -cache-bytes 0 -log-level warn &
 	pids+=($!)
 	url[baseline]=http://127.0.0.1:18550
 fi

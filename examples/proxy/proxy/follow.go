@@ -24,6 +24,7 @@ package proxy
 // follow, and these reads are only coalesced.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"sync"
@@ -66,12 +67,18 @@ func headRead(method string, params json.RawMessage) bool {
 	case "eth_blockNumber":
 		return true
 	case "eth_getBlockByNumber", "eth_getHeaderByNumber":
-		var args []json.RawMessage
-		if json.Unmarshal(params, &args) != nil || len(args) == 0 {
+		// The first argument, as the client wrote it: a block number (the
+		// common case) is rejected without decoding anything.
+		rest := bytes.TrimLeft(params, " \t\r\n")
+		if len(rest) == 0 || rest[0] != '[' {
 			return false
 		}
-		var tag string
-		return json.Unmarshal(args[0], &tag) == nil && tag == "latest"
+		rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+		if !bytes.HasPrefix(rest, []byte(`"latest"`)) {
+			return false
+		}
+		var args []json.RawMessage // the whole params must still be valid
+		return json.Unmarshal(params, &args) == nil
 	}
 	return false
 }
