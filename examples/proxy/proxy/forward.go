@@ -144,40 +144,52 @@ func (p *Proxy) nextHealthy(skip int) int {
 // buffer, which the caller must release. No per-request timer: the
 // transport's ResponseHeaderTimeout bounds the wait (RequestTimeout).
 func (p *Proxy) post(ctx context.Context, tr *http.Transport, u *upstream, payload []byte) (reply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.HTTPURL, bytes.NewReader(payload))
-	if err != nil {
-		return reply{}, err
+	rep := reply{body: replyPool.Get().(*bytes.Buffer)}
+	var err error
+	if tr == p.transport && u.h1 != nil { // a read over plain http: see h1.go
+		rep.status, err = u.h1.do(ctx, payload, rep.body, DefaultMaxReplyBytes)
+	} else {
+		rep.status, err = roundTrip(ctx, tr, u, payload, rep.body)
 	}
-	req.Header = upstreamHeader
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	rep := reply{status: resp.StatusCode, body: replyPool.Get().(*bytes.Buffer)}
-	if n := resp.ContentLength; n > 0 && n <= DefaultMaxReplyBytes {
-		rep.body.Grow(int(n))
-	}
-	n, err := rep.body.ReadFrom(io.LimitReader(resp.Body, DefaultMaxReplyBytes+1))
-	if err == nil && n > DefaultMaxReplyBytes {
+	if err == nil && int64(rep.body.Len()) > DefaultMaxReplyBytes {
 		err = errReplyTooLarge
 	}
 	if err != nil {
 		rep.release()
 		return reply{}, err
 	}
-	switch resp.StatusCode {
+	switch rep.status {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		rep.release()
-		return reply{}, fmt.Errorf("%w: %s", errUpstreamStatus, resp.Status)
+		return reply{}, fmt.Errorf("%w: %d %s", errUpstreamStatus, rep.status, http.StatusText(rep.status))
 	}
-	if !looksJSON(rep.body.Bytes(), resp.StatusCode) {
+	if !looksJSON(rep.body.Bytes(), rep.status) {
 		snippet := rep.body.Bytes()[:min(rep.body.Len(), 120)]
-		e := &nonJSONError{status: resp.StatusCode, snippet: string(snippet)}
+		e := &nonJSONError{status: rep.status, snippet: string(snippet)}
 		rep.release()
 		return reply{}, e
 	}
 	return rep, nil
+}
+
+// roundTrip posts payload through net/http and reads the reply into dst
+// (at most DefaultMaxReplyBytes+1 bytes).
+func roundTrip(ctx context.Context, tr *http.Transport, u *upstream, payload []byte, dst *bytes.Buffer) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.HTTPURL, bytes.NewReader(payload))
+	if err != nil {
+		return 0, err
+	}
+	req.Header = upstreamHeader
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if n := resp.ContentLength; n > 0 && n <= DefaultMaxReplyBytes {
+		dst.Grow(int(n))
+	}
+	_, err = dst.ReadFrom(io.LimitReader(resp.Body, DefaultMaxReplyBytes+1))
+	return resp.StatusCode, err
 }
 
 // looksJSON reports whether an upstream body may be relayed as

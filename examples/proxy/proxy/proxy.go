@@ -265,6 +265,7 @@ type upstream struct {
 	Upstream
 	index int
 	epoch atomic.Pointer[epoch] // see forward.go
+	h1    *h1Client             // reads over plain http (h1.go); nil: net/http
 }
 
 // Proxy is the JSON-RPC proxy. It is safe for concurrent use; there is no
@@ -336,7 +337,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.client = &http.Client{Transport: p.transport}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	for i, u := range cfg.Upstreams {
-		up := &upstream{Upstream: u, index: i}
+		up := &upstream{Upstream: u, index: i, h1: newH1Client(u.HTTPURL, cfg.RequestTimeout)}
 		up.epoch.Store(p.newEpoch())
 		p.ups = append(p.ups, up)
 	}
@@ -621,6 +622,11 @@ func (p *Proxy) Close() error {
 	err := p.group.Close() // closes the change channel: watchChanges returns
 	p.wg.Wait()
 	p.client.CloseIdleConnections()
+	for _, u := range p.ups {
+		if u.h1 != nil {
+			u.h1.closeIdle()
+		}
+	}
 	return err
 }
 
