@@ -85,6 +85,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-upstream", "a=http://x", "-client-buffer-bytes", "0"}, "-client-buffer-bytes"},
 		{[]string{"-upstream", "a=http://x", "-max-logs-range", "0"}, "-max-logs-range"},
 		{[]string{"-upstream", "a=http://x", "-rate-limit", "-1"}, "-rate-limit"},
+		{[]string{"-upstream", "a=http://x", "-reuse-latest", "-1s"}, "-reuse-latest"},
 		{[]string{"-upstream", "a=http://x", "-auth-token-file", filepath.Join(dir, "none")}, "-auth-token-file"},
 		{[]string{"-config", envcfg}, "UNSET_STEADFAST_TOKEN"},
 		{[]string{"-upstream", "a=http://x,ws://x", "-check-timeout", "2s", "-check-interval", "1s"}, "must not exceed"},
@@ -227,7 +228,7 @@ func TestConfigLimitsEnvAndHTTPOnly(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "proxy.json")
 	cfg := `{"upstreams":[{"name":"p","http":"http://a:1"}],"auth_tokens":["${STEADFAST_TEST_TOKEN}"],
-	"allow_methods":["default","debug_traceTransaction"],"rate_limit":50,"max_batch":10,"max_logs_range":500,"cache_bytes":1024,"coalesce":false}`
+	"allow_methods":["default","debug_traceTransaction"],"rate_limit":50,"max_batch":10,"max_logs_range":500,"cache_bytes":1024,"coalesce":false,"reuse_latest":"250ms"}`
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -238,18 +239,19 @@ func TestConfigLimitsEnvAndHTTPOnly(t *testing.T) {
 	c := o.cfg
 	if len(c.Upstreams) != 1 || c.Upstreams[0].WSURL != "" || len(c.AuthTokens) != 1 || c.AuthTokens[0] != "s3cret" ||
 		len(c.AllowMethods) != 2 || c.RateLimit != 50 || c.MaxBatch != 10 || c.MaxLogsRange != 500 ||
-		c.CacheBytes != 1024 || !c.NoCoalesce || c.MaxBodyBytes != 1000 {
+		c.CacheBytes != 1024 || !c.NoCoalesce || c.MaxBodyBytes != 1000 || c.ReuseLatest != 250*time.Millisecond {
 		t.Fatalf("config %+v", c)
 	}
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.WriteFile(tokens, []byte("# clients\nalpha\n\nbeta\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	o, err = parseArgs([]string{"-upstream", "a=http://x", "-auth-token-file", tokens, "-allow-methods", "*", "-cache-bytes", "0"}, &bytes.Buffer{})
+	o, err = parseArgs([]string{"-upstream", "a=http://x", "-auth-token-file", tokens, "-allow-methods", "*", "-cache-bytes", "0", "-reuse-latest", "0"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(o.cfg.AuthTokens) != 2 || o.cfg.AuthTokens[1] != "beta" || len(o.cfg.AllowMethods) != 1 || o.cfg.CacheBytes != -1 {
+	if len(o.cfg.AuthTokens) != 2 || o.cfg.AuthTokens[1] != "beta" || len(o.cfg.AllowMethods) != 1 || o.cfg.CacheBytes != -1 ||
+		o.cfg.ReuseLatest >= 0 { // the flag's 0 is "never", the Config's negative
 		t.Fatalf("flags %+v", o.cfg)
 	}
 }
