@@ -86,7 +86,13 @@ func headRead(method string, params json.RawMessage) bool {
 // reused returns the answer to key that may still be given, if any.
 func (p *Proxy) reused(key string) (*shared, bool) {
 	f := &p.follow
-	f.start.Do(func() { p.wg.Go(p.followHeads) })
+	f.start.Do(func() {
+		p.mu.Lock() // as the hub's session: nothing starts once Close has begun
+		defer p.mu.Unlock()
+		if !p.closed {
+			p.wg.Go(p.followHeads)
+		}
+	})
 	f.mu.Lock()
 	r := f.answers[key]
 	f.mu.Unlock()
