@@ -100,6 +100,12 @@ func (p *Proxy) reused(key string) (*shared, bool) {
 		time.Since(r.at) >= p.cfg.ReuseLatest {
 		return nil, false
 	}
+	// The selection itself, not only its report: watchChanges bumps the
+	// generation a moment after the switch, and no reused answer may come
+	// from an upstream that is no longer the selected one in between.
+	if i, _ := p.group.PickIndex(); p.ups[i] != r.sh.u {
+		return nil, false
+	}
 	return r.sh, true
 }
 

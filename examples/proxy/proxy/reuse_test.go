@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -94,5 +95,67 @@ func TestNoReuseWithoutHeadsToFollow(t *testing.T) {
 				t.Errorf("%d subscriptions on the node", n)
 			}
 		})
+	}
+}
+
+// TestSwitchEndsReuse: once the selection has moved to another upstream,
+// no answer the old one gave is reused, and after failback none of the
+// backup's. The two nodes serve chains with different block hashes, so an
+// answer from the wrong node is visible in every reply.
+func TestSwitchEndsReuse(t *testing.T) {
+	backupChain := fakenode.NewManualChain(1338) // same head, other hashes
+	t.Cleanup(backupChain.Close)
+	backup, err := fakenode.Start("backup", "127.0.0.1:0", backupChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(backup.Close)
+	c := newClusterOn(t, fakenode.NewManualChain(1337), []string{"primary"}, func(cfg *proxy.Config) {
+		cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Name: "backup", HTTPURL: backup.HTTPURL(), WSURL: backup.WSURL()})
+		cfg.ReuseLatest = time.Hour // only a head or a switch may end a reuse
+	})
+	primary := c.nodes[0]
+	hashOf := func(b []byte) string {
+		t.Helper()
+		var m struct {
+			Result struct {
+				Hash string `json:"hash"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(b, &m); err != nil || m.Result.Hash == "" {
+			t.Fatalf("latest block reply %s: %v", b, err)
+		}
+		return m.Result.Hash
+	}
+	// reusedFrom waits until the answers are reused again, and checks that
+	// every answer, reused or forwarded, is the selected node's.
+	reusedFrom := func(name, want string) {
+		t.Helper()
+		before := c.metrics(t)["steadfast_proxy_reused_answers_total"]
+		eventually(t, 5*time.Second, "answers reused from "+name, func() bool {
+			if _, b := c.post(t, latestBlockReq); hashOf(b) != want {
+				t.Fatalf("latest block with hash %s while %s (hash %s) is selected", hashOf(b), name, want)
+			}
+			return c.metrics(t)["steadfast_proxy_reused_answers_total"] > before
+		})
+		for range 20 {
+			if _, b := c.post(t, latestBlockReq); hashOf(b) != want {
+				t.Fatalf("latest block with hash %s while %s (hash %s) is selected", hashOf(b), name, want)
+			}
+		}
+	}
+
+	c.waitCurrent(t, "primary", 5*time.Second)
+	reusedFrom("primary", c.chain.Hash(1))
+
+	primary.Hang() // checks time out: the selection moves to the backup
+	c.waitCurrent(t, "backup", 10*time.Second)
+	reusedFrom("backup", backupChain.Hash(1))
+
+	primary.Resume() // failback once it passes its checks again
+	c.waitCurrent(t, "primary", 10*time.Second)
+	reusedFrom("primary", c.chain.Hash(1))
+	if _, ok := c.lastSwitchTo("backup"); !ok {
+		t.Error("no switch to the backup was reported")
 	}
 }
