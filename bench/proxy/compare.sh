@@ -11,7 +11,10 @@
 # Peers are built from their source modules at pinned versions through the
 # Go module proxy; a peer that cannot be built is reported and skipped.
 # BASELINE=/path/to/proxy adds another build of examples/proxy (an older
-# commit, say) as target "baseline", for before/after numbers.
+# commit, say) as target "baseline", for before/after numbers. Target
+# "relay" is a bare TCP relay (cmd/tcprelay): the floor that any proxy in a
+# process of its own pays for the extra hop. KINDS and CONCS narrow the
+# runs (defaults: all three kinds at 1, 16 and 64 clients).
 # Results: one line per run in $OUT (default /tmp/steadfast-proxy-compare),
 # then a summary table.
 set -euo pipefail
@@ -29,7 +32,8 @@ trap cleanup EXIT
 
 echo "== building"
 go build -o "$out/bin/steadfast-proxy" ./examples/proxy
-(cd bench && go build -o "$out/bin/fakenode" ./proxy/cmd/fakenode && go build -o "$out/bin/rpcload" ./proxy/cmd/rpcload)
+(cd bench && go build -o "$out/bin/fakenode" ./proxy/cmd/fakenode && go build -o "$out/bin/rpcload" ./proxy/cmd/rpcload &&
+	go build -o "$out/bin/tcprelay" ./proxy/cmd/tcprelay)
 peers=()
 for m in "$PROXYD_MODULE" "$ERPC_MODULE"; do
 	name="$(basename "${m%@*}")"
@@ -81,7 +85,9 @@ wait_up "$node_http"
 # serve); eth_blockNumber and "latest" never touch that cache anyway.
 "$out/bin/steadfast-proxy" -listen 127.0.0.1:18546 -upstream "node=$node_http,$node_ws" -cache-bytes 0 -log-level warn &
 pids+=($!)
-declare -A url=([direct]="$node_http" [steadfast]=http://127.0.0.1:18546)
+"$out/bin/tcprelay" -listen 127.0.0.1:18551 -to "${node_http#http://}" &
+pids+=($!)
+declare -A url=([direct]="$node_http" [relay]=http://127.0.0.1:18551 [steadfast]=http://127.0.0.1:18546)
 if [ -n "${BASELINE:-}" ]; then # another build of the proxy, e.g. an older commit, as "baseline"
 	"$BASELINE" -listen 127.0.0.1:18550 -upstream "node=$node_http,$node_ws" -cache-bytes 0 -log-level warn &
 	pids+=($!)
@@ -121,15 +127,15 @@ YAML
 		url[erpc]=http://127.0.0.1:18549/main/evm/1337 ;;
 	esac
 done
-targets=(direct steadfast)
+targets=(direct relay steadfast)
 for p in baseline proxyd erpc; do [ -n "${url[$p]:-}" ] && targets+=("$p"); done
 
 for t in "${targets[@]}"; do wait_up "${url[$t]}"; done
 
 echo "== $rounds rounds of $dur per run: ${targets[*]}"
 for r in $(seq "$rounds"); do
-	for kind in blockNumber latestBlock varyingBlocks; do
-		for c in 1 16 64; do
+	for kind in ${KINDS:-blockNumber latestBlock varyingBlocks}; do
+		for c in ${CONCS:-1 16 64}; do
 			for t in "${targets[@]}"; do
 				res="$("$out/bin/rpcload" -url "${url[$t]}" -c "$c" -d "$dur" -kind "$kind" -max-block "$maxblock" || true)"
 				echo "$r $kind $c $t $res" | tee -a "$out/runs.txt"
