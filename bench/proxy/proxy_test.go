@@ -58,7 +58,7 @@ func setup(b *testing.B, chain *fakenode.Chain) *env {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: p.Handler()}
+	srv := &proxy.Server{Handler: p.Handler(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	b.Cleanup(func() {

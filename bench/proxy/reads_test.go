@@ -42,7 +42,7 @@ func serveProxy(b *testing.B, node *fakenode.Node, tune func(*proxy.Config)) str
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: p.Handler()}
+	srv := &proxy.Server{Handler: p.Handler(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	b.Cleanup(func() {

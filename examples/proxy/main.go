@@ -19,7 +19,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -86,7 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // listener closes, WebSocket sessions answer what they queued and close,
 // and in-flight HTTP requests get up to 5 s to finish.
 func serve(ctx context.Context, p *proxy.Proxy, ln net.Listener, log *slog.Logger) error {
-	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &proxy.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, Logger: log}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -243,7 +243,7 @@ func TestGethFailoverFailback(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.addr = ln.Addr().String()
-	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &proxy.Server{Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second, Logger: testLogger()}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = srv.Serve(ln) }()
 	t.Cleanup(func() {

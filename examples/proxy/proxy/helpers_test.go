@@ -126,7 +126,7 @@ func newClusterOn(t testing.TB, chain *fakenode.Chain, names []string, tune func
 		t.Fatal(err)
 	}
 	c.addr = ln.Addr().String()
-	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &proxy.Server{Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second, Logger: testLogger()}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
