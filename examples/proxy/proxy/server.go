@@ -358,12 +358,16 @@ func (lc *leanConn) serveOne(start time.Time) bool {
 	}
 	var cont *continueReader
 	if e := req.Header.Get("Expect"); e != "" {
-		if !strings.EqualFold(e, "100-continue") || req.ProtoMinor == 0 {
+		// As net/http: 100-continue is honoured from HTTP/1.1 clients that
+		// announce a body, ignored otherwise; any other expectation fails.
+		if !strings.EqualFold(e, "100-continue") {
 			lc.writeError(http.StatusExpectationFailed, "417 expectation failed")
 			return false
 		}
-		cont = &continueReader{body: req.Body, c: lc.c}
-		req.Body = cont
+		if req.ProtoMinor >= 1 && req.ContentLength != 0 {
+			cont = &continueReader{body: req.Body, c: lc.c}
+			req.Body = cont
+		}
 		req.Header.Del("Expect")
 	}
 	body := req.Body

@@ -204,6 +204,14 @@ func TestServerFraming(t *testing.T) {
 			t.Fatalf("%d %q", resp.StatusCode, got)
 		}
 	})
+	t.Run("100-continue-http1.0", func(t *testing.T) {
+		// An HTTP/1.0 client cannot take a 100 Continue: it gets the reply.
+		c := dialRaw(t, addr)
+		c.send(t, "POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nold")
+		if resp, got := c.reply(t); resp.StatusCode != 200 || got != "old" {
+			t.Fatalf("%d %q, want 200 old without 100 Continue", resp.StatusCode, got)
+		}
+	})
 	t.Run("100-continue-refused", func(t *testing.T) {
 		// A handler that answers without reading: no 100 Continue, and the
 		// connection closes (the client may or may not send the body).
