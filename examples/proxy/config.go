@@ -16,11 +16,12 @@ import (
 
 // options are the parsed command line.
 type options struct {
-	listen    string
-	demo      bool
-	blockTime time.Duration // -demo only
-	logLevel  slog.Level
-	cfg       proxy.Config
+	listen      string
+	readTimeout time.Duration // of one HTTP request from a client, headers and body
+	demo        bool
+	blockTime   time.Duration // -demo only
+	logLevel    slog.Level
+	cfg         proxy.Config
 }
 
 // upstreamFlags collects repeated -upstream NAME=HTTP_URL,WS_URL flags.
@@ -58,8 +59,9 @@ func parseUpstream(v string) (proxy.Upstream, error) {
 // fileConfig is the -config file's JSON shape. Durations are Go duration
 // strings ("500ms"). Flags given on the command line win over the file.
 type fileConfig struct {
-	Listen    string `json:"listen"`
-	Upstreams []struct {
+	Listen      string `json:"listen"`
+	ReadTimeout string `json:"read_timeout"`
+	Upstreams   []struct {
 		Name string `json:"name"`
 		HTTP string `json:"http"`
 		WS   string `json:"ws"`
@@ -110,6 +112,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8545", "address for JSON-RPC over HTTP and WebSocket, and GET /metrics")
 	fs.Var(&ups, "upstream", "upstream `NAME=HTTP_URL[,WS_URL]`; repeat it, primary first (no WS_URL: HTTP only)")
 	fs.StringVar(&configPath, "config", "", "JSON config `file` (upstreams and settings; flags override it)")
+	fs.DurationVar(&o.readTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send one HTTP request, headers and body (a slower one is cut off)")
 	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", proxy.DefaultCheckInterval, "time between health checks (eth_blockNumber)")
 	fs.DurationVar(&o.cfg.CheckTimeout, "check-timeout", proxy.DefaultCheckTimeout, "timeout of one health check")
 	fs.Int64Var(&o.cfg.MaxLag, "max-lag", proxy.DefaultMaxLag, "blocks behind the best head before an upstream counts as unhealthy (-1: off)")
@@ -175,6 +178,9 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	if len(o.cfg.Upstreams) == 0 {
 		return o, errors.New("no upstreams: give -upstream NAME=HTTP_URL,WS_URL (primary first) or -config FILE, or try -demo")
+	}
+	if o.readTimeout <= 0 {
+		return o, errors.New("-read-timeout must be positive")
 	}
 	if o.cfg.CheckInterval <= 0 || o.cfg.CheckTimeout <= 0 {
 		return o, errors.New("-check-interval and -check-timeout must be positive")
@@ -311,6 +317,7 @@ func applyFile(o *options, path string, set map[string]bool) error {
 		return nil
 	}
 	if err := errors.Join(
+		dur("read-timeout", fc.ReadTimeout, &o.readTimeout),
 		dur("check-interval", fc.CheckInterval, &o.cfg.CheckInterval),
 		dur("check-timeout", fc.CheckTimeout, &o.cfg.CheckTimeout),
 		dur("request-timeout", fc.RequestTimeout, &o.cfg.RequestTimeout),

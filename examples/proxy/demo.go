@@ -77,7 +77,7 @@ func runDemo(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	}
 	sctx, stopServe := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- serve(sctx, p, ln, cfg.Logger) }()
+	go func() { served <- serve(sctx, p, ln, o.readTimeout, cfg.Logger) }()
 	defer func() { stopServe(); <-served }()
 	say("proxy on %s; primary %s, backup %s; one block every %v", ln.Addr(), primary.Addr(), backup.Addr(), o.blockTime)
 

@@ -78,14 +78,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-listen: %w", err)
 	}
 	log.Info("proxy listening", "addr", ln.Addr().String(), "upstreams", len(o.cfg.Upstreams))
-	return serve(ctx, p, ln, log)
+	return serve(ctx, p, ln, o.readTimeout, log)
 }
+
+// defaultReadTimeout bounds reading one HTTP request from a client,
+// headers and body: without it, a client that announces a body and sends
+// it a byte at a time would hold its connection open for ever.
+const defaultReadTimeout = 30 * time.Second
 
 // serve serves p on ln until ctx ends, then shuts down gracefully: the
 // listener closes, WebSocket sessions answer what they queued and close,
-// and in-flight HTTP requests get up to 5 s to finish.
-func serve(ctx context.Context, p *proxy.Proxy, ln net.Listener, log *slog.Logger) error {
-	srv := &proxy.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, Logger: log}
+// and in-flight HTTP requests get up to 5 s to finish. readTimeout bounds
+// reading each HTTP request (a WebSocket connection is not bound by it
+// once upgraded).
+func serve(ctx context.Context, p *proxy.Proxy, ln net.Listener, readTimeout time.Duration, log *slog.Logger) error {
+	srv := &proxy.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: readTimeout, Logger: log}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

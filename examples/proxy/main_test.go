@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -86,6 +87,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-upstream", "a=http://x", "-max-logs-range", "0"}, "-max-logs-range"},
 		{[]string{"-upstream", "a=http://x", "-rate-limit", "-1"}, "-rate-limit"},
 		{[]string{"-upstream", "a=http://x", "-reuse-latest", "-1s"}, "-reuse-latest"},
+		{[]string{"-upstream", "a=http://x", "-read-timeout", "0"}, "-read-timeout"},
 		{[]string{"-upstream", "a=http://x", "-auth-token-file", filepath.Join(dir, "none")}, "-auth-token-file"},
 		{[]string{"-config", envcfg}, "UNSET_STEADFAST_TOKEN"},
 		{[]string{"-upstream", "a=http://x,ws://x", "-check-timeout", "2s", "-check-interval", "1s"}, "must not exceed"},
@@ -109,7 +111,7 @@ func TestFlagErrors(t *testing.T) {
 func TestConfigFileAndFlagPrecedence(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "proxy.json")
 	cfg := `{"listen":"127.0.0.1:9999","upstreams":[{"name":"p","http":"http://a:1","ws":"ws://a:2"},{"name":"b","http":"http://b:1","ws":"ws://b:2"}],
-	"check_interval":"250ms","check_timeout":"200ms","max_lag":5,"switch_timeout":"3s","queue_size":50}`
+	"check_interval":"250ms","check_timeout":"200ms","max_lag":5,"switch_timeout":"3s","queue_size":50,"read_timeout":"7s"}`
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -119,8 +121,16 @@ func TestConfigFileAndFlagPrecedence(t *testing.T) {
 	}
 	if o.listen != "127.0.0.1:9999" || len(o.cfg.Upstreams) != 2 || o.cfg.Upstreams[1].WSURL != "ws://b:2" ||
 		o.cfg.CheckInterval != 250*time.Millisecond || o.cfg.MaxLag != 7 || o.cfg.QueueSize != 50 ||
-		o.cfg.SwitchTimeout != 3*time.Second {
+		o.cfg.SwitchTimeout != 3*time.Second || o.readTimeout != 7*time.Second {
 		t.Fatalf("parsed %+v", o)
+	}
+	o, err = parseArgs([]string{"-config", path, "-read-timeout", "2s"}, &bytes.Buffer{})
+	if err != nil || o.readTimeout != 2*time.Second {
+		t.Fatalf("-read-timeout over the file: %v, %v", o.readTimeout, err)
+	}
+	o, err = parseArgs([]string{"-upstream", "a=http://x"}, &bytes.Buffer{})
+	if err != nil || o.readTimeout != defaultReadTimeout {
+		t.Fatalf("default read timeout: %v, %v", o.readTimeout, err)
 	}
 }
 
@@ -155,7 +165,7 @@ func TestRunServesAndShutsDownOnSignal(t *testing.T) {
 	done := make(chan error, 1)
 	var stderr syncBuffer
 	go func() {
-		done <- run(ctx, []string{"-listen", addr, "-upstream", "node=" + n.HTTPURL() + "," + n.WSURL()}, &bytes.Buffer{}, &stderr)
+		done <- run(ctx, []string{"-listen", addr, "-read-timeout", "200ms", "-upstream", "node=" + n.HTTPURL() + "," + n.WSURL()}, &bytes.Buffer{}, &stderr)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	var resp *http.Response
@@ -176,6 +186,22 @@ func TestRunServesAndShutsDownOnSignal(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// -read-timeout: a client that stops sending its body half-way gets
+	// 408 and its connection closed, instead of holding it open.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\""); err != nil {
+		t.Fatal(err)
+	}
+	stalled, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(stalled), "HTTP/1.1 408 ") || !strings.Contains(string(stalled), "Connection: close") ||
+		!strings.Contains(string(stalled), `"code":-32600`) {
+		t.Fatalf("stalled body: %q, %v; want 408 with a JSON-RPC error, and the connection closed", stalled, err)
 	}
 	cancel()
 	select {

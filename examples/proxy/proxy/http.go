@@ -137,6 +137,12 @@ func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) ([]byte, string, bo
 				Message: "request body over " + strconv.FormatInt(p.cfg.MaxBodyBytes, 10) + " bytes"})
 			return nil, "", false
 		}
+		if isTimeout(err) {
+			// The server's read timeout ran out mid-body: 408, as net/http
+			// and load balancers answer a client too slow to send.
+			p.writeLocal(w, http.StatusRequestTimeout, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "request body: not received in time"})
+			return nil, "", false
+		}
 		p.writeLocal(w, http.StatusBadRequest, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "request body: " + err.Error()})
 		return nil, "", false
 	}

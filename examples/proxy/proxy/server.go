@@ -542,6 +542,9 @@ func (w *leanWriter) flush(c net.Conn, http10, closing bool) error {
 		w.h.Set("Content-Type", http.DetectContentType(w.body.Bytes()))
 	}
 	for k, vs := range w.h {
+		if !validHeaderName(k) {
+			continue // dropped, as net/http does: it could split the reply
+		}
 		switch http.CanonicalHeaderKey(k) {
 		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
 			continue // set below from what is actually sent
@@ -572,6 +575,24 @@ func (w *leanWriter) flush(c net.Conn, http10, closing bool) error {
 	}
 	_, err := c.Write(b)
 	return err
+}
+
+// validHeaderName reports whether k is an HTTP token (RFC 9110 5.1), the
+// only thing that may stand before a header's colon.
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // appendHeader writes one header line; line breaks in a value become

@@ -310,13 +310,17 @@ func TestServerHandsOffTheRest(t *testing.T) {
 }
 
 // TestServerHandlerPanic: a panicking handler ends its connection without
-// a reply; other connections go on.
+// a reply; other connections go on. Header values with line breaks are
+// flattened and header names that are not tokens are dropped, so a
+// handler cannot split a reply.
 func TestServerHandlerPanic(t *testing.T) {
 	_, addr := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-Panic") != "" {
 			panic(http.ErrAbortHandler)
 		}
 		w.Header().Set("X-Split", "a\r\nInjected: yes")
+		w.Header()["X-Key\r\nInjected-Too: yes\r\nX"] = []string{"b"}
+		w.Header()["Bad Name"] = []string{"c"}
 		_, _ = io.WriteString(w, "fine")
 	}), nil)
 	c := dialRaw(t, addr)
@@ -327,8 +331,9 @@ func TestServerHandlerPanic(t *testing.T) {
 	c = dialRaw(t, addr)
 	c.send(t, post(""))
 	resp, got := c.reply(t)
-	if got != "fine" || resp.Header.Get("Injected") != "" || resp.Header.Get("X-Split") != "a  Injected: yes" {
-		t.Fatalf("%q headers %v: a header value must not split the reply", got, resp.Header)
+	if got != "fine" || resp.Header.Get("Injected") != "" || resp.Header.Get("X-Split") != "a  Injected: yes" ||
+		resp.Header.Get("Injected-Too") != "" || len(resp.Header.Values("X")) != 0 || resp.Header.Get("Bad Name") != "" {
+		t.Fatalf("%q headers %v: a header name or value must not split the reply", got, resp.Header)
 	}
 }
 
@@ -409,6 +414,39 @@ func TestServerIdleTimeout(t *testing.T) {
 	c.send(t, "POST / HTTP/1.1\r\nHost: x\r\n") // and never the rest
 	if !c.closed(t) {
 		t.Fatal("a connection with incomplete headers outlived ReadHeaderTimeout")
+	}
+}
+
+// TestServerReadTimeout: a client that announces a body and stops sending
+// it mid-way is cut off after ReadTimeout (the handler sees the read fail,
+// its answer is sent, and the connection closes) instead of holding its
+// connection for ever.
+func TestServerReadTimeout(t *testing.T) {
+	_, addr := startServer(t, echo, func(s *proxy.Server) {
+		s.ReadTimeout = 100 * time.Millisecond
+	})
+	c := dialRaw(t, addr)
+	c.send(t, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"") // and never the rest
+	resp, body := c.reply(t)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "timeout") || !resp.Close {
+		t.Fatalf("stalled body: %d %q (close %v), want 400 naming the timeout, with Connection: close", resp.StatusCode, body, resp.Close)
+	}
+	if !c.closed(t) {
+		t.Fatal("a connection with a stalled body outlived ReadTimeout")
+	}
+	// Each request on a kept connection gets its own ReadTimeout, counted
+	// from its first byte: a request that comes after a pause longer than
+	// ReadTimeout is served. (The pause only lets time pass; the test
+	// cannot fail for want of it.)
+	c = dialRaw(t, addr)
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(150 * time.Millisecond)
+		}
+		c.send(t, post(fmt.Sprint(i)))
+		if resp, body := c.reply(t); resp.StatusCode != http.StatusOK || body != fmt.Sprint(i) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
 	}
 }
 
