@@ -58,7 +58,7 @@ func setup(b *testing.B, chain *fakenode.Chain) *env {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &proxy.Server{Handler: p.Handler(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	srv := &proxy.Server{Handler: p.Handler(), ReadTimeout: 30 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))} // as the binary
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	b.Cleanup(func() {
