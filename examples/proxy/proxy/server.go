@@ -79,7 +79,13 @@ const (
 	defaultReadHeaderTimeout = 10 * time.Second
 	defaultIdleTimeout       = 2 * time.Minute
 	maxDrain                 = 256 << 10 // unread body bytes skipped to keep a connection
+	lingerBytes              = 4 << 20   // unread body bytes discarded before a close
 )
+
+// lingerTime is how long a connection closed with its request unread
+// stays half-open for the client to read the reply (as net/http's 500 ms);
+// a variable so that a test can stretch it.
+var lingerTime = 500 * time.Millisecond
 
 func (s *Server) setup() {
 	s.init.Do(func() {
@@ -441,16 +447,30 @@ func (lc *leanConn) writeError(status int, msg string) {
 	}
 }
 
-// linger ends the sending side and reads what the client still sends for
-// a moment before the connection closes: closing with unread bytes makes
-// the kernel reset the connection, and a reset can destroy the reply
-// before the client has read it.
+// linger ends the sending side and gives the client lingerTime to read
+// the reply before the connection closes: closing with unread bytes makes
+// the kernel reset the connection, and a reset that reaches a client
+// still sending its body fails that send, which many clients (Go's among
+// them) report instead of the reply they have not parsed yet. It discards
+// up to lingerBytes of what the client still sends; past that it stops
+// reading, so the client's sends block rather than fail, and waits out
+// the rest of lingerTime (or until Close).
 func (lc *leanConn) linger() {
 	if cw, ok := lc.c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	_ = lc.c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	_, _ = io.Copy(io.Discard, io.LimitReader(lc.c, 4<<20))
+	deadline := time.Now().Add(lingerTime)
+	_ = lc.c.SetReadDeadline(deadline)
+	n, err := io.Copy(io.Discard, io.LimitReader(lc.c, lingerBytes))
+	if err != nil || n < lingerBytes {
+		return // the client closed its side, or lingerTime is over
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-lc.s.ctx.Done():
+	}
 }
 
 // continueReader sends "100 Continue" before the first read of a body
